@@ -1,0 +1,325 @@
+//! `sockserv bench`: load-test an echo server (arguments and output only;
+//! the load generator is `sockserv::bench`).
+
+use std::collections::VecDeque;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sockserv::addr::Endpoint;
+use sockserv::bench::{self as lib, BenchConfig, Control, Phase, Progress};
+use sockserv::frame::Framing;
+
+use crate::error::CliError;
+
+const AFTER_HELP: &str = "\
+Every request carries a payload unique to its connection and sequence number,
+and every reply is checked against the request it answers (in order). With
+the default raw framing a reply is exactly SIZE bytes however TCP splits it;
+with --framing the requests are encoded and the replies decoded with that
+codec, so the server must echo the same framing.
+
+Closed loop (default): each connection keeps --pipeline requests in flight
+and sends the next as soon as a reply arrives. Open loop (--rate): requests
+are sent on a fixed schedule spread over the connections, and latency is
+measured from the scheduled send time, so a stalling server is charged for
+the requests it delayed (no coordinated omission).
+
+Datagram endpoints (udp://, unix-dgram://) use one connected socket per
+\"connection\"; a datagram without a reply within --timeout counts as a
+timeout error.
+
+Exit status: 0 when the run completed with no error; 1 when there was any
+error (connect, I/O, wrong reply, timeout) or nothing could be connected;
+2 for a bad command line. The report is printed in every case where the run
+took place.
+
+Examples:
+  sockserv bench tcp://127.0.0.1:9999                    # 50 connections, 10 s
+  sockserv bench -c 1000 -d 30s --warmup 2 127.0.0.1:9999
+  sockserv bench -n 100000 -c 4 --json tcp://127.0.0.1:9999
+  sockserv bench -c 100 --pipeline 32 --framing line tcp://127.0.0.1:9999
+  sockserv bench -c 10 --rate 20000 -d 10 tcp://127.0.0.1:9999   # open loop
+  sockserv bench -c 8 --size 512 udp://127.0.0.1:9999
+  sockserv bench unix:///tmp/echo.sock";
+
+/// Load-test an echo server: throughput, latency percentiles, errors.
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = AFTER_HELP)]
+pub struct BenchArgs {
+    /// The echo server: tcp://HOST:PORT, udp://HOST:PORT, unix://PATH or
+    /// unix-dgram://PATH (a bare HOST:PORT is TCP).
+    #[arg(value_name = "ADDR")]
+    pub addr: String,
+
+    /// Connections to open and keep busy (sockets, for datagram endpoints).
+    #[arg(short = 'c', long, default_value_t = 50, value_name = "N")]
+    pub connections: usize,
+
+    /// How long to measure, after the warm-up: 10, 10s, 500ms, 2m.
+    /// Default: 10 s, or until --requests replies when that is given.
+    #[arg(short = 'd', long, value_parser = parse_duration, value_name = "TIME")]
+    pub duration: Option<Duration>,
+
+    /// Stop after this many verified replies (over all connections).
+    #[arg(short = 'n', long, value_name = "N")]
+    pub requests: Option<u64>,
+
+    /// Payload bytes per request (before framing).
+    #[arg(long, default_value_t = 64, value_name = "BYTES")]
+    pub size: usize,
+
+    /// Requests in flight per connection (1 = ping-pong).
+    #[arg(long, default_value_t = 1, value_name = "DEPTH")]
+    pub pipeline: usize,
+
+    /// Request framing: raw, line, crlf, delim:STRING, len:N[:le], fixed:N.
+    /// The server must use the same framing.
+    #[arg(long, default_value = "raw", value_name = "FRAMING")]
+    pub framing: String,
+
+    /// Open loop: total requests per second over all connections.
+    #[arg(long, value_name = "PER_SECOND")]
+    pub rate: Option<f64>,
+
+    /// Load applied before measuring, not recorded: 2, 2s, 500ms.
+    #[arg(long, value_parser = parse_duration, default_value = "0", value_name = "TIME")]
+    pub warmup: Duration,
+
+    /// Client threads, each a single-threaded runtime with its share of the
+    /// connections.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub threads: usize,
+
+    /// Reply timeout: a datagram without a reply by then is lost (counted,
+    /// the run goes on); a stream connection stops. Default: 1 s for
+    /// datagrams, 30 s for streams.
+    #[arg(long, value_parser = parse_duration, value_name = "TIME")]
+    pub timeout: Option<Duration>,
+
+    /// Print the report as one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// No progress bar (it is drawn on stderr only when stderr is a
+    /// terminal, and never with --json).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// Runs the benchmark, prints the report, and fails (exit 1) when the run
+/// had errors.
+pub fn run(args: BenchArgs) -> Result<(), CliError> {
+    let endpoint: Endpoint = args.addr.parse().map_err(CliError::usage)?;
+    let framing: Framing = args.framing.parse().map_err(CliError::usage)?;
+    let mut config = BenchConfig::new(endpoint);
+    config.connections = args.connections;
+    config.duration = args.duration;
+    config.requests = args.requests;
+    config.size = args.size;
+    config.pipeline = args.pipeline;
+    config.framing = framing;
+    config.rate = args.rate;
+    config.warmup = args.warmup;
+    config.threads = args.threads;
+    config.timeout = args.timeout;
+
+    // First Ctrl-C: stop and report what was measured. Second: exit now.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let _ = signal_hook::flag::register_conditional_shutdown(
+        signal_hook::consts::SIGINT,
+        130,
+        interrupted.clone(),
+    );
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone());
+
+    let show = !args.json && !args.no_progress && std::io::stderr().is_terminal();
+    let mut bar = LiveBar::new(show, &config);
+    let result = lib::run_with_progress(&config, &mut |p| {
+        bar.update(p);
+        if interrupted.load(Ordering::Relaxed) {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    });
+    bar.finish();
+    let report = result.map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => CliError::usage(e),
+        _ => CliError::runtime(e),
+    })?;
+
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{report}");
+    }
+    let errors = report.errors.total();
+    if errors > 0 {
+        return Err(CliError::runtime(format!(
+            "{errors} error{} during the run (see the report)",
+            if errors == 1 { "" } else { "s" }
+        )));
+    }
+    if report.interrupted {
+        return Err(CliError::runtime("interrupted"));
+    }
+    Ok(())
+}
+
+/// Parses `10`, `1.5`, `10s`, `500ms`, `2m`: a number of seconds unless a
+/// unit says otherwise.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a duration (examples: 10, 10s, 500ms, 2m)"))?;
+    let secs = value * scale;
+    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        return Err(format!("\"{text}\" is not a duration between 0 and 10^9 s"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// The live progress bar on stderr: a bar for request-count and duration
+/// runs, with the request rate over the last second.
+struct LiveBar {
+    bar: Option<ProgressBar>,
+    by_requests: bool,
+    phase: Option<Phase>,
+    /// (time, replies) samples over the last second, for the live rate.
+    window: VecDeque<(Instant, u64)>,
+    connections: usize,
+    warmup: Duration,
+    total_secs: f64,
+}
+
+impl LiveBar {
+    fn new(show: bool, config: &BenchConfig) -> LiveBar {
+        let by_requests = config.duration.is_none() && config.requests.is_some();
+        let bar = show.then(|| {
+            let len = if by_requests {
+                config.requests.unwrap_or(0)
+            } else {
+                config.effective_duration().unwrap_or_default().as_millis() as u64
+            };
+            let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+            bar.set_style(spinner_style());
+            bar
+        });
+        LiveBar {
+            bar,
+            by_requests,
+            phase: None,
+            window: VecDeque::new(),
+            connections: config.connections,
+            warmup: config.warmup,
+            total_secs: config.effective_duration().unwrap_or_default().as_secs_f64(),
+        }
+    }
+
+    fn update(&mut self, p: &Progress) {
+        let Some(bar) = &self.bar else { return };
+        let now = Instant::now();
+        self.window.push_back((now, p.replies));
+        while self
+            .window
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(1))
+        {
+            self.window.pop_front();
+        }
+        let rate = match (self.window.front(), self.window.back()) {
+            (Some((t0, r0)), Some((t1, r1))) if t1 > t0 => {
+                (r1 - r0) as f64 / t1.duration_since(*t0).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        if self.phase != Some(p.phase) {
+            self.phase = Some(p.phase);
+            if p.phase == Phase::Measuring {
+                bar.set_style(bar_style(self.by_requests));
+            }
+        }
+        match p.phase {
+            Phase::Connecting => {
+                bar.set_message(format!("connecting {}/{}", p.connected, self.connections));
+            }
+            Phase::Warmup => {
+                bar.set_message(format!(
+                    "warming up {:.0}/{:.0} s  {:.0} req/s",
+                    p.elapsed.as_secs_f64(),
+                    self.warmup.as_secs_f64(),
+                    rate
+                ));
+            }
+            Phase::Measuring => {
+                let pos = if self.by_requests {
+                    p.requests
+                } else {
+                    p.elapsed.as_millis() as u64
+                };
+                bar.set_position(pos);
+                let clock = if self.by_requests {
+                    String::new()
+                } else {
+                    format!("{:.0}/{:.0} s  ", p.elapsed.as_secs_f64(), self.total_secs)
+                };
+                bar.set_message(format!("{clock}{rate:.0} req/s  {} errors", p.errors));
+            }
+        }
+        bar.tick();
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn spinner_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner())
+}
+
+fn bar_style(by_requests: bool) -> ProgressStyle {
+    let template = if by_requests {
+        "{spinner} [{bar:30}] {human_pos}/{human_len} requests  {msg}"
+    } else {
+        "{spinner} [{bar:30}] {msg}"
+    };
+    ProgressStyle::with_template(template)
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
+}

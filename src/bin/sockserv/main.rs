@@ -1,0 +1,89 @@
+//! The `sockserv` command: a thin client of the library.
+//!
+//! Argument definitions live here and in one file per subcommand; the work is
+//! done by the library, so nothing the CLI does is out of a library user's
+//! reach.
+
+mod bench;
+mod error;
+mod send;
+mod serve;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Concurrent socket servers the socketserver way.
+#[derive(Debug, Parser)]
+#[command(name = "sockserv", version, about, long_about = None)]
+#[command(after_help = "Examples:
+  sockserv serve                                  # upper-case server on tcp://127.0.0.1:9999
+  sockserv serve --handler echo tcp://[::1]:0 udp://127.0.0.1:0
+  sockserv send 127.0.0.1:9999 hello
+  sockserv bench -c 100 -d 5 tcp://127.0.0.1:9999")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a server with a built-in handler on one or more addresses.
+    Serve(serve::ServeArgs),
+    /// Send data to a server and print the reply (the seed's client).
+    Send(send::SendArgs),
+    /// Load-test an echo server: throughput, latency percentiles, errors.
+    Bench(bench::BenchArgs),
+}
+
+/// Folds clap's multi-line error into one line: the message and the
+/// argument it concerns, without the usage block and the help hint.
+fn one_line_usage(rendered: &str) -> String {
+    let mut parts = Vec::new();
+    for line in rendered.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with("Usage:") || line.starts_with("For more information") {
+            continue;
+        }
+        if line.starts_with("tip:") {
+            continue;
+        }
+        parts.push(line.strip_prefix("error: ").unwrap_or(line).to_string());
+    }
+    parts.join(" ")
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                // Help and version go to stdout, as users expect.
+                let _ = e.print();
+                return ExitCode::from(e.exit_code() as u8);
+            }
+            // A usage error: one line naming the problem, exit code 2.
+            eprintln!("sockserv: {}", one_line_usage(&e.render().to_string()));
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Send(args) => send::run(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sockserv: {e}");
+            ExitCode::from(e.code())
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! `sockserv serve`: run built-in handlers on one or more addresses.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Args;
+use sockserv::frame::{Framing, OnOversize};
+use sockserv::handlers::Builtin;
+use sockserv::{Endpoint, Limits, Server, SocketOptions, Strategy};
+
+use crate::error::CliError;
+use crate::util::{init_logging, parse_duration};
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  sockserv serve                                   # the seed's server: upper-case on tcp://127.0.0.1:9999
+  sockserv serve --handler echo tcp://127.0.0.1:0  # echo on a free port (printed at start)
+  sockserv serve --handler echo tcp://[::1]:7000 udp://127.0.0.1:7000 unix:///tmp/echo.sock
+  sockserv serve --framing line --max-frame 65536 --mode pool --workers 32 0.0.0.0:9000
+  sockserv serve --dual-stack tcp://[::]:9000      # IPv6 and IPv4 on one socket
+
+At start it prints one line per listener on stdout, `listening ENDPOINT`, with
+the real bound address. SIGINT or SIGTERM stops it gracefully (every request
+already read gets its reply; exit code 0); a second signal stops at once.")]
+pub struct ServeArgs {
+    /// Addresses to listen on: tcp://HOST:PORT, udp://HOST:PORT,
+    /// unix:///PATH, unix-dgram:///PATH, or HOST:PORT for TCP.
+    #[arg(value_name = "ADDR", default_value = "tcp://127.0.0.1:9999", value_parser = parse_endpoint)]
+    addrs: Vec<Endpoint>,
+
+    /// Built-in handler: echo, upper (the seed's: replies upper-cased),
+    /// discard, daytime.
+    #[arg(long, default_value = "upper", value_parser = parse_builtin)]
+    handler: Builtin,
+
+    /// Concurrency: async (an event loop per core), threads (one per
+    /// connection), pool (bounded worker pool), sequential (one at a time).
+    #[arg(long, default_value = "async", value_parser = ["async", "threads", "pool", "sequential"])]
+    mode: String,
+
+    /// Worker threads for pool and async modes (default: pool 16 per core,
+    /// async 1 per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    workers: Option<u32>,
+
+    /// Connections a pool queues while all workers are busy (default 4 x workers).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    queue: Option<u32>,
+
+    /// How messages are cut from the stream: raw (each read), line, crlf,
+    /// delim:STRING, len:N[:le], fixed:N.
+    #[arg(long, default_value = "raw", value_parser = parse_framing)]
+    framing: Framing,
+
+    /// Largest frame accepted, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..=(1u64 << 32)))]
+    max_frame: u64,
+
+    /// What happens to a connection that sends a frame over --max-frame:
+    /// close it, or skip the frame and go on.
+    #[arg(long, default_value = "close", value_parser = ["close", "skip"])]
+    on_oversize: String,
+
+    /// Listen backlog (kernel queue of not-yet-accepted connections).
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(i32).range(1..))]
+    backlog: i32,
+
+    /// Set SO_REUSEPORT (several servers on one port).
+    #[arg(long)]
+    reuse_port: bool,
+
+    /// Set TCP_NODELAY on accepted connections (no Nagle delay).
+    #[arg(long)]
+    nodelay: bool,
+
+    /// Let an IPv6 listener on [::] accept IPv4 too (IPV6_V6ONLY off).
+    #[arg(long)]
+    dual_stack: bool,
+
+    /// On shutdown, how long to wait for connections to finish before
+    /// cutting them (e.g. 10s, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+
+    /// Close connections idle for this long (default: never).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    s.parse::<Endpoint>().map_err(|e| e.to_string())
+}
+
+fn parse_builtin(s: &str) -> Result<Builtin, String> {
+    s.parse()
+}
+
+pub(crate) fn parse_framing(s: &str) -> Result<Framing, String> {
+    s.parse::<Framing>().map_err(|e| e.to_string())
+}
+
+fn strategy(args: &ServeArgs) -> Strategy {
+    match args.mode.as_str() {
+        "sequential" => Strategy::Sequential,
+        "threads" => Strategy::Threads,
+        "pool" => {
+            let Strategy::Pool { workers, queue } = Strategy::pool() else {
+                unreachable!()
+            };
+            let workers = args.workers.map_or(workers, |w| w as usize);
+            let queue = args.queue.map_or(queue.max(workers * 4), |q| q as usize);
+            Strategy::Pool { workers, queue }
+        }
+        _ => match args.workers {
+            Some(w) => Strategy::Async { workers: w as usize },
+            None => Strategy::async_per_core(),
+        },
+    }
+}
+
+pub fn run(args: ServeArgs) -> Result<(), CliError> {
+    init_logging(args.verbose);
+    let on_oversize = if args.on_oversize == "skip" {
+        OnOversize::Skip
+    } else {
+        OnOversize::Close
+    };
+    let framing = args
+        .framing
+        .clone()
+        .with_max_frame(args.max_frame as usize)
+        .map_err(CliError::usage)?
+        .with_on_oversize(on_oversize);
+    let options = SocketOptions {
+        reuse_port: args.reuse_port,
+        backlog: args.backlog,
+        nodelay: args.nodelay,
+        v6only: Some(!args.dual_stack),
+        ..SocketOptions::default()
+    };
+    let limits = Limits {
+        idle_timeout: args.idle_timeout,
+        drain_timeout: args.drain_timeout,
+        ..Limits::default()
+    };
+    let strategy = strategy(&args);
+
+    // One server per address: each transport gets the handler that fits
+    // it, and all stop together.
+    let mut servers = Vec::new();
+    for ep in &args.addrs {
+        let server = Server::builder()
+            .listen(ep)
+            .handler(args.handler.handler(ep.transport().is_stream()))
+            .framing(framing.clone())
+            .strategy(strategy)
+            .socket_options(options.clone())
+            .limits(limits.clone())
+            .bind()
+            .map_err(|e| {
+                if e.is_usage() {
+                    CliError::usage(e)
+                } else {
+                    CliError::runtime(e)
+                }
+            })?;
+        servers.push(server);
+    }
+    let handles: Vec<_> = servers.iter().map(Server::shutdown_handle).collect();
+    {
+        let mut out = std::io::stdout().lock();
+        for s in &servers {
+            let _ = writeln!(out, "listening {}", s.local_endpoint());
+        }
+        let _ = out.flush();
+    }
+    tracing::info!(mode = %strategy, handler = %args.handler, framing = %framing, "serving");
+
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|e| CliError::runtime(format!("cannot install signal handlers: {e}")))?;
+    let signal_handles = handles.clone();
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            tracing::info!("signal {sig}: shutting down");
+            for h in &signal_handles {
+                h.request();
+            }
+        }
+    });
+
+    let threads: Vec<_> = servers
+        .into_iter()
+        .map(|s| std::thread::spawn(move || s.serve_forever()))
+        .collect();
+    let mut failure = None;
+    for t in threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // One listener failed: stop the others too.
+                for h in &handles {
+                    h.request();
+                }
+                failure.get_or_insert(CliError::runtime(e));
+            }
+            Err(_) => {
+                failure.get_or_insert(CliError::runtime("a server thread failed"));
+            }
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,237 @@
+//! Handlers: the code a user writes. Three kinds, one per way of talking:
+//!
+//! * [`StreamHandler`] — Python's `BaseRequestHandler`: `setup`, `handle`,
+//!   `finish` over a [`Connection`] it reads and writes itself. For
+//!   protocols that need the raw stream.
+//! * [`MessageHandler`] — called once per frame; the server does the
+//!   reading, the framing (no sticky packets), the batching of replies and
+//!   the writing. The fast path, and the one every engine runs natively.
+//!   On a datagram socket one datagram is one message.
+//! * [`DatagramHandler`] — Python's `DatagramRequestHandler`: one datagram
+//!   and its sender in, replies out.
+//!
+//! Handlers are shared by every connection (`&self`), so they are
+//! `Send + Sync`; state for one connection lives in locals of `handle`
+//! (stream handlers) or behind a lock. Closures work through
+//! [`message_fn`], [`stream_fn`] and [`datagram_fn`].
+
+use std::sync::Arc;
+
+use crate::addr::Address;
+use crate::conn::Connection;
+use crate::frame::{Codec, Encoder, FrameError};
+
+/// Any error a handler returns; reported through the server's
+/// `handle_error` hook.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What handler methods return.
+pub type HandlerResult = Result<(), BoxError>;
+
+/// A handler that owns the byte stream of one connection.
+///
+/// The server calls [`setup`](Self::setup), then [`handle`](Self::handle),
+/// then [`finish`](Self::finish) — `finish` even when `handle` failed, as in
+/// Python. When the server shuts down, a read that would wait returns
+/// end-of-stream, so `handle` sees the usual end of input and finishes its
+/// reply.
+pub trait StreamHandler: Send + Sync + 'static {
+    /// Runs before `handle`; an error here skips `handle`.
+    fn setup(&self, conn: &mut Connection) -> HandlerResult {
+        let _ = conn;
+        Ok(())
+    }
+
+    /// Serves the connection.
+    fn handle(&self, conn: &mut Connection) -> HandlerResult;
+
+    /// Runs after `handle`, whatever it returned.
+    fn finish(&self, conn: &mut Connection) -> HandlerResult {
+        let _ = conn;
+        Ok(())
+    }
+}
+
+/// A handler called once per message (frame or datagram).
+pub trait MessageHandler: Send + Sync + 'static {
+    /// Handles one message; replies go through `reply`. An error or a panic
+    /// is reported to `handle_error` and the connection carries on with the
+    /// next message; call [`Reply::close`] to end the connection instead.
+    fn handle(&self, msg: &[u8], reply: &mut Reply<'_>) -> HandlerResult;
+}
+
+/// A handler for datagram sockets: the datagram, who sent it, and a way
+/// to answer.
+pub trait DatagramHandler: Send + Sync + 'static {
+    /// Handles one datagram from `reply.peer()`.
+    fn handle(&self, datagram: &[u8], reply: &mut Reply<'_>) -> HandlerResult;
+}
+
+/// Where a message handler's replies go.
+///
+/// Replies are encoded at once into the connection's outgoing buffer, and
+/// the server writes all replies of one read in as few system calls as the
+/// socket allows (pipelining). On a datagram socket each `send` is one
+/// datagram.
+pub struct Reply<'a> {
+    out: &'a mut Vec<u8>,
+    codec: Option<&'a Codec>,
+    /// For datagrams: where each reply ends in `out`.
+    ends: Option<&'a mut Vec<usize>>,
+    peer: &'a Address,
+    close: bool,
+}
+
+impl<'a> Reply<'a> {
+    pub(crate) fn framed(out: &'a mut Vec<u8>, codec: &'a Codec, peer: &'a Address) -> Self {
+        Reply {
+            out,
+            codec: Some(codec),
+            ends: None,
+            peer,
+            close: false,
+        }
+    }
+
+    pub(crate) fn datagrams(
+        out: &'a mut Vec<u8>,
+        ends: &'a mut Vec<usize>,
+        peer: &'a Address,
+    ) -> Self {
+        Reply {
+            out,
+            codec: None,
+            ends: Some(ends),
+            peer,
+            close: false,
+        }
+    }
+
+    /// Sends one reply message, encoded with the connection's framing.
+    /// Fails if the framing cannot carry it (over the maximum frame size,
+    /// contains the delimiter, wrong fixed size).
+    #[inline]
+    pub fn send(&mut self, msg: &[u8]) -> Result<(), FrameError> {
+        match self.codec {
+            Some(codec) => codec.encode(msg, self.out),
+            None => {
+                self.out.extend_from_slice(msg);
+                if let Some(ends) = self.ends.as_deref_mut() {
+                    ends.push(self.out.len());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Who sent the message.
+    pub fn peer(&self) -> &Address {
+        self.peer
+    }
+
+    /// Ends the connection once the replies so far are written (no effect
+    /// on datagram sockets).
+    pub fn close(&mut self) {
+        self.close = true;
+    }
+
+    pub(crate) fn wants_close(&self) -> bool {
+        self.close
+    }
+}
+
+/// The handler a server runs, of whichever kind.
+#[derive(Clone)]
+pub enum Handler {
+    Stream(Arc<dyn StreamHandler>),
+    Message(Arc<dyn MessageHandler>),
+    Datagram(Arc<dyn DatagramHandler>),
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Handler::Stream(_) => "Handler::Stream",
+            Handler::Message(_) => "Handler::Message",
+            Handler::Datagram(_) => "Handler::Datagram",
+        })
+    }
+}
+
+impl Handler {
+    /// Wraps a stream handler.
+    pub fn stream(h: impl StreamHandler) -> Handler {
+        Handler::Stream(Arc::new(h))
+    }
+
+    /// Wraps a message handler.
+    pub fn message(h: impl MessageHandler) -> Handler {
+        Handler::Message(Arc::new(h))
+    }
+
+    /// Wraps a datagram handler.
+    pub fn datagram(h: impl DatagramHandler) -> Handler {
+        Handler::Datagram(Arc::new(h))
+    }
+}
+
+/// A message handler from a closure.
+///
+/// ```
+/// use sockserv::handler::message_fn;
+/// let upper = message_fn(|msg, reply| {
+///     reply.send(&msg.to_ascii_uppercase())?;
+///     Ok(())
+/// });
+/// # let _ = upper;
+/// ```
+pub fn message_fn<F>(f: F) -> impl MessageHandler
+where
+    F: Fn(&[u8], &mut Reply<'_>) -> HandlerResult + Send + Sync + 'static,
+{
+    struct FnMessage<F>(F);
+    impl<F> MessageHandler for FnMessage<F>
+    where
+        F: Fn(&[u8], &mut Reply<'_>) -> HandlerResult + Send + Sync + 'static,
+    {
+        #[inline]
+        fn handle(&self, msg: &[u8], reply: &mut Reply<'_>) -> HandlerResult {
+            (self.0)(msg, reply)
+        }
+    }
+    FnMessage(f)
+}
+
+/// A stream handler from a closure (the closure is `handle`).
+pub fn stream_fn<F>(f: F) -> impl StreamHandler
+where
+    F: Fn(&mut Connection) -> HandlerResult + Send + Sync + 'static,
+{
+    struct FnStream<F>(F);
+    impl<F> StreamHandler for FnStream<F>
+    where
+        F: Fn(&mut Connection) -> HandlerResult + Send + Sync + 'static,
+    {
+        fn handle(&self, conn: &mut Connection) -> HandlerResult {
+            (self.0)(conn)
+        }
+    }
+    FnStream(f)
+}
+
+/// A datagram handler from a closure.
+pub fn datagram_fn<F>(f: F) -> impl DatagramHandler
+where
+    F: Fn(&[u8], &mut Reply<'_>) -> HandlerResult + Send + Sync + 'static,
+{
+    struct FnDatagram<F>(F);
+    impl<F> DatagramHandler for FnDatagram<F>
+    where
+        F: Fn(&[u8], &mut Reply<'_>) -> HandlerResult + Send + Sync + 'static,
+    {
+        fn handle(&self, d: &[u8], reply: &mut Reply<'_>) -> HandlerResult {
+            (self.0)(d, reply)
+        }
+    }
+    FnDatagram(f)
+}

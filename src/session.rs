@@ -1,0 +1,187 @@
+//! A framed message session: bytes in, frames through the handler, reply
+//! bytes out. No I/O here — the blocking and the async engine both feed it
+//! what they read and write what it produces, so the message path exists
+//! once.
+//!
+//! Memory stays bounded: a session keeps only the unfinished tail of a frame
+//! (at most the codec's maximum frame plus one read), and nothing at all
+//! while the connection is idle between whole frames, which is what keeps an
+//! idle connection small.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::addr::Address;
+use crate::frame::{Codec, Decoded, Decoder, Framing, OnOversize};
+use crate::handler::{MessageHandler, Reply};
+use crate::hooks::{Failure, Hooks};
+
+/// What the connection should do after a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    /// Keep reading.
+    Continue,
+    /// Write what is pending, then close (the handler asked, or a frame
+    /// broke the limit under fail-fast).
+    Close,
+}
+
+/// Per-connection framing state.
+#[derive(Debug)]
+pub(crate) struct Session {
+    codec: Codec,
+    on_oversize: OnOversize,
+    /// Bytes of an unfinished frame carried over between reads.
+    pending: Vec<u8>,
+    peer: Address,
+}
+
+/// What a session needs from the server to handle a frame.
+pub(crate) struct Ctx<'a> {
+    pub(crate) handler: &'a dyn MessageHandler,
+    pub(crate) hooks: &'a Hooks,
+}
+
+impl Session {
+    pub(crate) fn new(framing: &Framing, peer: Address) -> Session {
+        Session {
+            codec: framing.codec(),
+            on_oversize: framing.on_oversize(),
+            pending: Vec::new(),
+            peer,
+        }
+    }
+
+    pub(crate) fn peer(&self) -> &Address {
+        &self.peer
+    }
+
+    /// True when part of a frame has arrived and the rest has not (what a
+    /// read timeout for slow senders measures).
+    pub(crate) fn mid_frame(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Handles every whole frame in `data` (after any carried-over bytes),
+    /// appending encoded replies to `out`.
+    #[inline]
+    pub(crate) fn feed(&mut self, data: &[u8], ctx: &Ctx<'_>, out: &mut Vec<u8>) -> Flow {
+        if self.pending.is_empty() {
+            // The common case: decode straight from the read buffer and
+            // keep only the unfinished tail.
+            let (used, flow) = Self::process(
+                &mut self.codec,
+                self.on_oversize,
+                &self.peer,
+                data,
+                ctx,
+                out,
+            );
+            if flow == Flow::Continue && used < data.len() {
+                self.pending.extend_from_slice(&data[used..]);
+            }
+            flow
+        } else {
+            self.pending.extend_from_slice(data);
+            let pending = std::mem::take(&mut self.pending);
+            let (used, flow) = Self::process(
+                &mut self.codec,
+                self.on_oversize,
+                &self.peer,
+                &pending,
+                ctx,
+                out,
+            );
+            self.pending = pending;
+            self.pending.drain(..used);
+            if self.pending.is_empty() {
+                // Give the memory back while idle.
+                self.pending = Vec::new();
+            }
+            flow
+        }
+    }
+
+    /// The peer closed its side: handle a final unterminated frame if the
+    /// codec accepts one.
+    pub(crate) fn finish(&mut self, ctx: &Ctx<'_>, out: &mut Vec<u8>) -> Flow {
+        if self.pending.is_empty() {
+            return Flow::Continue;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let flow = match self.codec.decode_eof(&pending) {
+            Some((start, end)) => Self::call(
+                &self.codec,
+                &self.peer,
+                &pending[start.min(end)..end.min(pending.len())],
+                ctx,
+                out,
+            ),
+            None => Flow::Continue,
+        };
+        flow
+    }
+
+    #[inline]
+    fn process(
+        codec: &mut Codec,
+        on_oversize: OnOversize,
+        peer: &Address,
+        buf: &[u8],
+        ctx: &Ctx<'_>,
+        out: &mut Vec<u8>,
+    ) -> (usize, Flow) {
+        let mut pos = 0;
+        while pos < buf.len() {
+            match codec.decode(&buf[pos..]) {
+                Decoded::Frame {
+                    start,
+                    end,
+                    consumed,
+                } => {
+                    let frame = &buf[pos + start..pos + end];
+                    pos += consumed;
+                    if Self::call(codec, peer, frame, ctx, out) == Flow::Close {
+                        return (pos, Flow::Close);
+                    }
+                    if consumed == 0 {
+                        break;
+                    }
+                }
+                Decoded::Incomplete { consumed } => {
+                    pos += consumed;
+                    break;
+                }
+                Decoded::TooLong { consumed, error } => {
+                    pos += consumed;
+                    ctx.hooks.error(peer, Failure::Frame(error));
+                    if on_oversize == OnOversize::Close {
+                        return (pos, Flow::Close);
+                    }
+                }
+            }
+        }
+        (pos.min(buf.len()), Flow::Continue)
+    }
+
+    #[inline]
+    fn call(codec: &Codec, peer: &Address, frame: &[u8], ctx: &Ctx<'_>, out: &mut Vec<u8>) -> Flow {
+        let mark = out.len();
+        let mut reply = Reply::framed(out, codec, peer);
+        let result = catch_unwind(AssertUnwindSafe(|| ctx.handler.handle(frame, &mut reply)));
+        let close = reply.wants_close();
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => ctx.hooks.error(peer, Failure::Handler(e)),
+            Err(payload) => {
+                // A half-built reply would corrupt the stream: drop it.
+                out.truncate(mark);
+                ctx.hooks.error(peer, Failure::from_panic(payload));
+            }
+        }
+        if close {
+            Flow::Close
+        } else {
+            Flow::Continue
+        }
+    }
+}

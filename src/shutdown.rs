@@ -1,0 +1,355 @@
+//! Shutdown: a signal every part of a server can wait on, a handle to pull
+//! it from any thread, and a tracker that says when the last connection is
+//! done.
+//!
+//! The shape follows tokio's mini-redis: one broadcast-style signal tells
+//! everybody to stop, and a drop guard held by each connection tells the
+//! server when they all have. The signal is an `eventfd` that becomes
+//! readable once and stays readable, so a thread blocked in `poll` on its
+//! socket wakes at once, and a thread that starts waiting later never misses
+//! it: no polling interval anywhere.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// A one-shot, level-triggered event: once triggered it stays triggered.
+#[derive(Debug)]
+pub(crate) struct Signal {
+    fd: OwnedFd,
+    triggered: AtomicBool,
+}
+
+impl Signal {
+    pub(crate) fn new() -> io::Result<Signal> {
+        // SAFETY: eventfd has no memory-safety preconditions; the result is
+        // checked before it is wrapped.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Signal {
+            fd,
+            triggered: AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn trigger(&self) {
+        if !self.triggered.swap(true, Ordering::SeqCst) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a valid u64 to our own eventfd.
+            unsafe {
+                libc::write(
+                    self.fd.as_raw_fd(),
+                    (&one as *const u64).cast(),
+                    std::mem::size_of::<u64>(),
+                );
+            }
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_triggered(&self) -> bool {
+        self.triggered.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// What woke a [`wait_fd`] call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// The socket is ready (or has an error or hang-up to report).
+    Ready,
+    /// The signal fired first.
+    Signal,
+    /// The timeout passed.
+    Timeout,
+}
+
+/// Waits until `fd` is ready for `events` (`libc::POLLIN`/`POLLOUT`), the
+/// signal fires, or `timeout` passes. The socket wins ties, so data already
+/// received is never dropped in favour of a shutdown.
+pub(crate) fn wait_fd(
+    fd: RawFd,
+    events: libc::c_short,
+    signal: Option<&Signal>,
+    timeout: Option<Duration>,
+) -> io::Result<Wake> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: signal.map_or(-1, Signal::raw_fd),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                // Round up so a 0.5 ms remainder does not spin.
+                left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+            }
+        };
+        // SAFETY: `fds` is a valid array of two pollfd structs.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds[0].revents != 0 {
+            return Ok(Wake::Ready);
+        }
+        if fds[1].revents != 0 {
+            return Ok(Wake::Signal);
+        }
+        if n == 0 {
+            if let Some(d) = deadline {
+                if Instant::now() >= d {
+                    return Ok(Wake::Timeout);
+                }
+            }
+        }
+    }
+}
+
+/// Counts the connections (and datagram jobs) in flight and knows their
+/// sockets, so a drain can wait for them and a forced stop can cut them.
+#[derive(Debug, Default)]
+pub(crate) struct Tracker {
+    state: Mutex<TrackerState>,
+    idle: Condvar,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct TrackerState {
+    active: usize,
+    sockets: HashMap<u64, RawFd>,
+}
+
+impl Tracker {
+    /// Registers one unit of work; `fd` is its socket if it has its own.
+    /// The socket must stay open until the returned guard is dropped.
+    pub(crate) fn enter(self: &Arc<Self>, fd: Option<RawFd>) -> TrackGuard {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.active += 1;
+        if let Some(fd) = fd {
+            st.sockets.insert(id, fd);
+        }
+        TrackGuard {
+            tracker: Arc::clone(self),
+            id,
+        }
+    }
+
+    /// How much work is in flight.
+    pub(crate) fn active(&self) -> usize {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).active
+    }
+
+    /// Waits until no work is in flight or `deadline` passes; true if idle.
+    pub(crate) fn wait_idle(&self, deadline: Option<Instant>) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while st.active > 0 {
+            match deadline {
+                None => st = self.idle.wait(st).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    st = self
+                        .idle
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+        true
+    }
+
+    /// Shuts down both directions of every tracked socket: blocked reads
+    /// return end-of-stream and writes fail, so handlers stuck in I/O return.
+    /// Holding the lock while doing it means no socket can be closed (and
+    /// its descriptor reused) under our feet: guards unregister first.
+    pub(crate) fn cut_all(&self) -> usize {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for fd in st.sockets.values() {
+            // SAFETY: the fd is registered, hence still open (see above).
+            unsafe {
+                libc::shutdown(*fd, libc::SHUT_RDWR);
+            }
+        }
+        st.sockets.len()
+    }
+}
+
+/// Held by a connection while it runs; dropping it says "done".
+#[derive(Debug)]
+pub(crate) struct TrackGuard {
+    tracker: Arc<Tracker>,
+    id: u64,
+}
+
+impl Drop for TrackGuard {
+    fn drop(&mut self) {
+        let mut st = self
+            .tracker
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        st.active -= 1;
+        st.sockets.remove(&self.id);
+        if st.active == 0 {
+            self.tracker.idle.notify_all();
+        }
+    }
+}
+
+/// Stops a running server from any thread. Cheap to clone.
+///
+/// [`shutdown`](ShutdownHandle::shutdown) stops accepting at once, lets every
+/// connection finish what it has read (see the server's drain policy), and
+/// returns once `serve_forever` has returned. It needs no polling interval:
+/// the serving thread is woken directly.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// Wakes one part of a running server (its accept loop, its workers).
+pub(crate) type Waker = Box<dyn Fn() + Send + Sync>;
+
+/// State shared by a server and its handles.
+pub(crate) struct Shared {
+    /// Fired on the first shutdown request: stop accepting, drain.
+    pub(crate) stop: Signal,
+    /// Fired on a second request or at the drain deadline: cut everything.
+    pub(crate) force: Signal,
+    pub(crate) tracker: Arc<Tracker>,
+    running: Mutex<Option<std::thread::ThreadId>>,
+    stopped: Condvar,
+    pub(crate) wakers: Mutex<Vec<Waker>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("stop", &self.stop.is_triggered())
+            .field("force", &self.force.is_triggered())
+            .field("active", &self.tracker.active())
+            .finish()
+    }
+}
+
+impl Shared {
+    pub(crate) fn new() -> io::Result<Shared> {
+        Ok(Shared {
+            stop: Signal::new()?,
+            force: Signal::new()?,
+            tracker: Arc::new(Tracker::default()),
+            running: Mutex::new(None),
+            stopped: Condvar::new(),
+            wakers: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn wake_all(&self) {
+        for w in self.wakers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            w();
+        }
+    }
+
+    /// Marks the serving thread as running; the guard marks it stopped.
+    pub(crate) fn enter_serving(self: &Arc<Self>) -> ServingGuard {
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::thread::current().id());
+        ServingGuard {
+            shared: Arc::clone(self),
+        }
+    }
+}
+
+/// Dropped when `serve_forever` returns, however it returns.
+pub(crate) struct ServingGuard {
+    shared: Arc<Shared>,
+}
+
+impl Drop for ServingGuard {
+    fn drop(&mut self) {
+        *self.shared.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.shared.stopped.notify_all();
+    }
+}
+
+impl ShutdownHandle {
+    /// Asks the server to stop and waits until `serve_forever` has returned.
+    ///
+    /// Called a second time (from another thread while the first waits), it
+    /// skips the rest of the drain and cuts every connection. Called from
+    /// the serving thread itself (a handler in sequential mode), it only
+    /// requests the stop and returns at once, rather than deadlock the way
+    /// Python's `shutdown()` does there.
+    pub fn shutdown(&self) {
+        self.request();
+        let mut running = self.shared.running.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(id) = *running {
+            if id == std::thread::current().id() {
+                return;
+            }
+            running = self
+                .shared
+                .stopped
+                .wait(running)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Asks the server to stop and returns at once. A second request forces
+    /// the stop (no more draining), like a second Ctrl-C.
+    pub fn request(&self) {
+        if self.shared.stop.is_triggered() {
+            self.shared.force.trigger();
+        } else {
+            self.shared.stop.trigger();
+        }
+        self.shared.wake_all();
+    }
+
+    /// Skips draining: cuts every connection now.
+    pub fn force(&self) {
+        self.shared.stop.trigger();
+        self.shared.force.trigger();
+        self.shared.wake_all();
+    }
+
+    /// True once a shutdown was requested.
+    pub fn is_requested(&self) -> bool {
+        self.shared.stop.is_triggered()
+    }
+
+    /// Number of connections (and datagram jobs) currently being served.
+    pub fn active_connections(&self) -> usize {
+        self.shared.tracker.active()
+    }
+}

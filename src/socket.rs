@@ -1,0 +1,307 @@
+//! Opening sockets: listeners for servers, connections for clients.
+//!
+//! Every listener is built with socket2 so its options are explicit rather
+//! than whatever a runtime's `bind` happens to pick (tokio's `bind` listens
+//! with a backlog of 128; Python's `request_queue_size` is 5, which makes a
+//! `ThreadingTCPServer` reset connections when a few hundred clients arrive
+//! at once). The defaults here are a server's defaults: `SO_REUSEADDR` on,
+//! backlog 1024, `IPV6_V6ONLY` on so `[::]` and `0.0.0.0` can be served side
+//! by side (turn it off for one dual-stack socket).
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::addr::{Endpoint, Transport};
+use crate::error::Error;
+
+/// Socket options for listeners (and, where they apply, accepted sockets).
+#[derive(Debug, Clone)]
+pub struct SocketOptions {
+    /// `SO_REUSEADDR`: rebind a port still in TIME_WAIT after a restart.
+    /// On by default, as the seed's server sets `allow_reuse_address`.
+    pub reuse_address: bool,
+    /// `SO_REUSEPORT`: let several sockets (processes or threads) listen on
+    /// the same port, the kernel spreading connections between them.
+    pub reuse_port: bool,
+    /// Length of the queue of connections the kernel has accepted but the
+    /// server has not (capped by `net.core.somaxconn`). Default 1024.
+    pub backlog: i32,
+    /// `TCP_NODELAY` on accepted TCP connections: disables Nagle's
+    /// algorithm, so small replies leave at once instead of waiting to be
+    /// merged. Off by default (the kernel's default).
+    pub nodelay: bool,
+    /// `IPV6_V6ONLY` for IPv6 listeners: `Some(false)` makes `[::]` accept
+    /// IPv4 too (dual stack). Default `Some(true)`.
+    pub v6only: Option<bool>,
+    /// `SO_RCVBUF` in bytes (the kernel doubles it and clamps it).
+    pub recv_buffer: Option<usize>,
+    /// `SO_SNDBUF` in bytes.
+    pub send_buffer: Option<usize>,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        SocketOptions {
+            reuse_address: true,
+            reuse_port: false,
+            backlog: 1024,
+            nodelay: false,
+            v6only: Some(true),
+            recv_buffer: None,
+            send_buffer: None,
+        }
+    }
+}
+
+/// A bound server socket of any transport.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+    /// A Unix stream listener and the path it created (removed on drop).
+    Unix(UnixListener, PathGuard),
+    /// A Unix datagram socket and the path it created (removed on drop).
+    UnixDgram(UnixDatagram, PathGuard),
+}
+
+/// Removes a Unix socket file when the socket that created it is dropped,
+/// so a restart does not fail with "address already in use".
+#[derive(Debug)]
+pub struct PathGuard(pub(crate) PathBuf);
+
+impl Drop for PathGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Listener {
+    /// The transport of this socket.
+    pub fn transport(&self) -> Transport {
+        match self {
+            Listener::Tcp(_) => Transport::Tcp,
+            Listener::Udp(_) => Transport::Udp,
+            Listener::Unix(..) => Transport::Unix,
+            Listener::UnixDgram(..) => Transport::UnixDgram,
+        }
+    }
+
+    /// The endpoint actually bound: port 0 is replaced by the kernel's pick.
+    pub fn local_endpoint(&self) -> io::Result<Endpoint> {
+        Ok(match self {
+            Listener::Tcp(l) => Endpoint::inet(Transport::Tcp, l.local_addr()?),
+            Listener::Udp(s) => Endpoint::inet(Transport::Udp, s.local_addr()?),
+            Listener::Unix(_, p) => Endpoint::Unix(p.0.clone()),
+            Listener::UnixDgram(_, p) => Endpoint::UnixDgram(p.0.clone()),
+        })
+    }
+
+    /// Another listener on the same socket (a `dup`), for engines that poll
+    /// one listening socket from several threads.
+    pub fn try_clone_socket(&self) -> io::Result<Socket> {
+        use std::os::fd::AsFd;
+        let fd = match self {
+            Listener::Tcp(l) => l.as_fd().try_clone_to_owned()?,
+            Listener::Udp(s) => s.as_fd().try_clone_to_owned()?,
+            Listener::Unix(l, _) => l.as_fd().try_clone_to_owned()?,
+            Listener::UnixDgram(s, _) => s.as_fd().try_clone_to_owned()?,
+        };
+        Ok(Socket::from(fd))
+    }
+}
+
+fn domain_of(addr: &SocketAddr) -> Domain {
+    if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    }
+}
+
+fn apply_common(sock: &Socket, addr: &SocketAddr, opts: &SocketOptions) -> io::Result<()> {
+    sock.set_reuse_address(opts.reuse_address)?;
+    if opts.reuse_port {
+        sock.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        if let Some(only) = opts.v6only {
+            sock.set_only_v6(only)?;
+        }
+    }
+    if let Some(n) = opts.recv_buffer {
+        sock.set_recv_buffer_size(n)?;
+    }
+    if let Some(n) = opts.send_buffer {
+        sock.set_send_buffer_size(n)?;
+    }
+    Ok(())
+}
+
+fn bind_inet(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    opts: &SocketOptions,
+) -> io::Result<Listener> {
+    let stream = endpoint.transport() == Transport::Tcp;
+    let (ty, proto) = if stream {
+        (Type::STREAM, Protocol::TCP)
+    } else {
+        (Type::DGRAM, Protocol::UDP)
+    };
+    let sock = Socket::new(domain_of(&addr), ty, Some(proto))?;
+    apply_common(&sock, &addr, opts)?;
+    sock.bind(&addr.into())?;
+    if stream {
+        sock.listen(opts.backlog)?;
+        Ok(Listener::Tcp(sock.into()))
+    } else {
+        Ok(Listener::Udp(sock.into()))
+    }
+}
+
+fn check_unix_path(path: &Path) -> io::Result<()> {
+    if path.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} already exists (remove it if no server is using it)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Opens and binds the server socket for `endpoint`.
+///
+/// Host names resolve and the first address that binds is used. A Unix path
+/// that already exists is an error: it may belong to a running server, and
+/// silently unlinking it would steal its address.
+pub fn bind(endpoint: &Endpoint, opts: &SocketOptions) -> Result<Listener, Error> {
+    let action = || format!("cannot listen on {endpoint}");
+    match endpoint {
+        Endpoint::Tcp(_) | Endpoint::Udp(_) => {
+            let addrs = endpoint.resolve().map_err(|e| Error::socket(action(), e))?;
+            let mut last = None;
+            for addr in addrs {
+                match bind_inet(endpoint, addr, opts) {
+                    Ok(l) => return Ok(l),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(Error::socket(
+                action(),
+                last.unwrap_or_else(|| io::Error::other("no address to bind")),
+            ))
+        }
+        Endpoint::Unix(path) => {
+            check_unix_path(path).map_err(|e| Error::socket(action(), e))?;
+            let sock = Socket::new(Domain::UNIX, Type::STREAM, None)
+                .map_err(|e| Error::socket(action(), e))?;
+            let addr = SockAddr::unix(path).map_err(|e| Error::socket(action(), e))?;
+            sock.bind(&addr).map_err(|e| Error::socket(action(), e))?;
+            let guard = PathGuard(path.clone());
+            sock.listen(opts.backlog)
+                .map_err(|e| Error::socket(action(), e))?;
+            Ok(Listener::Unix(sock.into(), guard))
+        }
+        Endpoint::UnixDgram(path) => {
+            check_unix_path(path).map_err(|e| Error::socket(action(), e))?;
+            let sock = UnixDatagram::bind(path).map_err(|e| Error::socket(action(), e))?;
+            Ok(Listener::UnixDgram(sock, PathGuard(path.clone())))
+        }
+    }
+}
+
+/// A connected stream socket of either stream transport.
+#[derive(Debug)]
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    pub(crate) fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nonblocking(on),
+            Stream::Unix(s) => s.set_nonblocking(on),
+        }
+    }
+
+    pub(crate) fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown(how),
+            Stream::Unix(s) => s.shutdown(how),
+        }
+    }
+}
+
+impl std::os::fd::AsRawFd for Stream {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl io::Read for &Stream {
+    #[inline]
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => (&*s).read(buf),
+            Stream::Unix(s) => (&*s).read(buf),
+        }
+    }
+}
+
+impl io::Write for &Stream {
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => (&*s).write(buf),
+            Stream::Unix(s) => (&*s).write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Connects to a stream endpoint (TCP or Unix), trying each resolved
+/// address in turn, with an optional timeout per attempt.
+pub fn connect(endpoint: &Endpoint, timeout: Option<Duration>) -> Result<Stream, Error> {
+    let action = || format!("cannot connect to {endpoint}");
+    match endpoint {
+        Endpoint::Tcp(_) => {
+            let addrs = endpoint.resolve().map_err(|e| Error::socket(action(), e))?;
+            let mut last = None;
+            for addr in addrs {
+                let attempt = match timeout {
+                    Some(t) => TcpStream::connect_timeout(&addr, t),
+                    None => TcpStream::connect(addr),
+                };
+                match attempt {
+                    Ok(s) => return Ok(Stream::Tcp(s)),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(Error::socket(
+                action(),
+                last.unwrap_or_else(|| io::Error::other("no address")),
+            ))
+        }
+        Endpoint::Unix(path) => UnixStream::connect(path)
+            .map(Stream::Unix)
+            .map_err(|e| Error::socket(action(), e)),
+        _ => Err(Error::config(format!(
+            "{endpoint} is a datagram endpoint, not a stream"
+        ))),
+    }
+}

@@ -1,0 +1,488 @@
+//! The async engine: one tokio event loop (a current-thread runtime) per
+//! worker thread, fed connections by the server's accept loop round-robin —
+//! the layout actix-server uses, and the one that avoids work-stealing
+//! overhead on a per-message path.
+//!
+//! Message handlers run inside the loop: a connection owns no read buffer
+//! while idle (reads go into one scratch buffer per loop thread, and only an
+//! unfinished frame is kept), every frame of a read is handled in order, and
+//! all replies of that read leave in one write. Stream handlers block, so
+//! they run on the runtime's blocking threads and never stall the loop.
+//! Datagram sockets are served by a loop directly.
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::{mpsc, watch};
+
+use super::{Engine, Work};
+use crate::dgram::{handle_datagram, DgramSocket, MAX_DATAGRAM};
+use crate::handler::{Handler, MessageHandler};
+use crate::hooks::Failure;
+use crate::run;
+use crate::server::Config;
+use crate::session::{Ctx, Flow, Session};
+use crate::shutdown::TrackGuard;
+use crate::socket::Stream;
+
+/// Scratch read buffer per loop thread.
+const SCRATCH: usize = 64 * 1024;
+
+/// Stop levels sent to every loop.
+const RUNNING: u8 = 0;
+const DRAIN: u8 = 1;
+const FORCE: u8 = 2;
+
+enum Job {
+    Work(Work),
+    Datagrams(Arc<DgramSocket>),
+}
+
+pub(crate) struct AsyncEngine {
+    config: Arc<Config>,
+    senders: Mutex<Vec<mpsc::UnboundedSender<Job>>>,
+    next: AtomicUsize,
+    stop_tx: watch::Sender<u8>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl AsyncEngine {
+    pub(crate) fn new(config: Arc<Config>, workers: usize) -> io::Result<AsyncEngine> {
+        let (stop_tx, _) = watch::channel(RUNNING);
+        let mut senders = Vec::new();
+        let mut threads = Vec::new();
+        for i in 0..workers.max(1) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let config = Arc::clone(&config);
+            let stop_rx = stop_tx.subscribe();
+            let t = std::thread::Builder::new()
+                .name(format!("sockserv-loop-{i}"))
+                .spawn(move || rt.block_on(worker(rx, config, stop_rx)))?;
+            senders.push(tx);
+            threads.push(t);
+        }
+        Ok(AsyncEngine {
+            config,
+            senders: Mutex::new(senders),
+            next: AtomicUsize::new(0),
+            stop_tx,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    fn send(&self, job: Job) {
+        let senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        if senders.is_empty() {
+            return;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % senders.len();
+        let _ = senders[i].send(job);
+    }
+}
+
+impl Engine for AsyncEngine {
+    fn dispatch(&self, work: Work) {
+        self.send(Job::Work(work));
+    }
+
+    fn wake(&self) {
+        let level = if self.config.shared.force.is_triggered() {
+            FORCE
+        } else if self.config.shared.stop.is_triggered() {
+            DRAIN
+        } else {
+            RUNNING
+        };
+        self.stop_tx.send_replace(level);
+    }
+
+    fn stop(&self, _deadline: Instant) {
+        self.stop_tx.send_replace(FORCE);
+        self.senders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        for t in self
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = t.join();
+        }
+    }
+
+    fn adopt_datagram_socket(&self, socket: &DgramSocket) -> bool {
+        // The lifecycle keeps its own socket (and closes it at shutdown);
+        // the loop serves a duplicate of the same descriptor.
+        let dup = match socket {
+            DgramSocket::Udp(s) => s.try_clone().map(DgramSocket::Udp),
+            DgramSocket::Unix(s) => s.try_clone().map(DgramSocket::Unix),
+        };
+        match dup {
+            Ok(d) => {
+                self.send(Job::Datagrams(Arc::new(d)));
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+async fn worker(
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    config: Arc<Config>,
+    mut stop_rx: watch::Receiver<u8>,
+) {
+    loop {
+        tokio::select! {
+            job = rx.recv() => match job {
+                Some(Job::Work(work)) => spawn_work(work, &config, &stop_rx),
+                Some(Job::Datagrams(sock)) => {
+                    let config = Arc::clone(&config);
+                    let stop = stop_rx.clone();
+                    tokio::spawn(async move { serve_datagrams(sock, config, stop).await });
+                }
+                None => break,
+            },
+            r = stop_rx.changed() => {
+                if r.is_err() || *stop_rx.borrow() == FORCE {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn spawn_work(work: Work, config: &Arc<Config>, stop_rx: &watch::Receiver<u8>) {
+    match (work, &config.handler) {
+        (Work::Conn(conn), Handler::Message(h)) => {
+            let (guard, stream, peer) = conn.into_parts();
+            let h = Arc::clone(h);
+            let config = Arc::clone(config);
+            let stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let conn = match AsyncConn::new(guard, stream) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        config.hooks.error(&peer, Failure::Io(e));
+                        return;
+                    }
+                };
+                let session = Session::new(&config.framing, peer);
+                serve_framed(conn, session, &*h, &config, stop).await;
+            });
+        }
+        (work, _) => {
+            // Stream handlers block: run them where blocking is safe.
+            let config = Arc::clone(config);
+            tokio::task::spawn_blocking(move || run::run_work(work, &config));
+        }
+    }
+}
+
+/// An accepted stream registered with the loop. The guard is declared
+/// first so it unregisters the socket before the socket closes.
+struct AsyncConn {
+    _guard: TrackGuard,
+    io: AsyncFd<Stream>,
+}
+
+impl AsyncConn {
+    fn new(guard: TrackGuard, stream: Stream) -> io::Result<AsyncConn> {
+        stream.set_nonblocking(true)?;
+        Ok(AsyncConn {
+            _guard: guard,
+            // SAFETY: `Stream` owns its descriptor, which stays open and
+            // unchanged until the AsyncFd (which owns the Stream) drops.
+            io: unsafe {
+                AsyncFd::register_with_interest(stream, Interest::READABLE | Interest::WRITABLE)
+            }?,
+        })
+    }
+
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::io::Read;
+        loop {
+            match (&*self.io.get_ref()).read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        use std::io::Write;
+        loop {
+            match (&*self.io.get_ref()).write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// Writes all of `data`, waiting for the socket as needed.
+    async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            match self.try_write(data) {
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut g = self.io.writable().await?;
+                    g.clear_ready();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Half-close, then read and discard until the client closes or the
+    /// linger time passes, so the client never sees a reset.
+    async fn linger_close(self, config: &Config) {
+        let _ = self.io.get_ref().shutdown(std::net::Shutdown::Write);
+        let linger = config.limits.linger;
+        let _ = tokio::time::timeout(linger, async {
+            let mut sink = [0u8; 1024];
+            loop {
+                match self.try_read(&mut sink) {
+                    Ok(0) => return,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        match self.io.readable().await {
+                            Ok(mut g) => g.clear_ready(),
+                            Err(_) => return,
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        })
+        .await;
+    }
+}
+
+thread_local! {
+    static SCRATCH_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; SCRATCH]);
+    static OUT_BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(SCRATCH));
+}
+
+enum Step {
+    /// Read everything available; keep going.
+    Again,
+    /// Nothing more to read now.
+    Blocked,
+    /// End of input (or the handler / codec asked to close).
+    Done,
+}
+
+/// Reads what is available, handles it, writes the replies. Everything
+/// here is synchronous, so the thread-local buffers are never held across
+/// an await; replies that do not fit in the socket now are returned in
+/// `backlog` and written before the next read (that is the back-pressure:
+/// a peer that does not read is not read from).
+fn pump(
+    conn: &AsyncConn,
+    session: &mut Session,
+    ctx: &Ctx<'_>,
+    backlog: &mut Vec<u8>,
+) -> io::Result<Step> {
+    SCRATCH_BUF.with(|scratch| {
+        OUT_BUF.with(|out| {
+            let mut scratch = scratch.borrow_mut();
+            let mut out = out.borrow_mut();
+            out.clear();
+            let mut step = Step::Again;
+            let n = match conn.try_read(&mut scratch) {
+                Ok(0) => {
+                    session.finish(ctx, &mut out);
+                    step = Step::Done;
+                    0
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Blocked),
+                Err(e) => return Err(e),
+            };
+            if n > 0 && session.feed(&scratch[..n], ctx, &mut out) == Flow::Close {
+                step = Step::Done;
+            }
+            if n > 0 && n < scratch.len() && matches!(step, Step::Again) {
+                // A short read means the socket is drained for now.
+                step = Step::Blocked;
+            }
+            let mut written = 0;
+            while written < out.len() {
+                match conn.try_write(&out[written..]) {
+                    Ok(k) => written += k,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            if written < out.len() {
+                backlog.extend_from_slice(&out[written..]);
+            }
+            if out.capacity() > SCRATCH * 4 {
+                *out = Vec::with_capacity(SCRATCH);
+            }
+            Ok(step)
+        })
+    })
+}
+
+async fn serve_framed(
+    conn: AsyncConn,
+    mut session: Session,
+    handler: &dyn MessageHandler,
+    config: &Config,
+    mut stop: watch::Receiver<u8>,
+) {
+    let ctx = Ctx {
+        handler,
+        hooks: &config.hooks,
+    };
+    let mut backlog: Vec<u8> = Vec::new();
+    let idle = config.limits.idle_timeout;
+    let mut draining = *stop.borrow() != RUNNING;
+    'conn: loop {
+        // Write replies the socket could not take yet before reading more.
+        if !backlog.is_empty() {
+            let data = std::mem::take(&mut backlog);
+            let write = conn.write_all(&data);
+            let res = match config.limits.write_timeout {
+                Some(t) => tokio::time::timeout(t, write)
+                    .await
+                    .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"))),
+                None => write.await,
+            };
+            if let Err(e) = res {
+                config.hooks.error(session.peer(), Failure::Io(e));
+                return;
+            }
+        }
+        match pump(&conn, &mut session, &ctx, &mut backlog) {
+            Ok(Step::Again) => continue,
+            Ok(Step::Done) => {
+                if !backlog.is_empty() {
+                    let _ = conn.write_all(&backlog).await;
+                }
+                break 'conn;
+            }
+            Ok(Step::Blocked) => {}
+            Err(e) => {
+                config.hooks.error(session.peer(), Failure::Io(e));
+                return;
+            }
+        }
+        if !backlog.is_empty() {
+            continue;
+        }
+        if draining {
+            // Everything the client had sent is handled and answered.
+            break;
+        }
+        let readable = async {
+            match idle {
+                Some(t) => match tokio::time::timeout(t, conn.io.readable()).await {
+                    Ok(r) => r.map(Some),
+                    Err(_) => Ok(None),
+                },
+                None => conn.io.readable().await.map(Some),
+            }
+        };
+        tokio::select! {
+            biased;
+            r = readable => match r {
+                Ok(Some(mut g)) => g.clear_ready(),
+                Ok(None) => {
+                    config.hooks.error(
+                        session.peer(),
+                        Failure::Io(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
+                    );
+                    break;
+                }
+                Err(e) => {
+                    config.hooks.error(session.peer(), Failure::Io(e));
+                    return;
+                }
+            },
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() == FORCE {
+                    return;
+                }
+                // Drain: take what has arrived, answer it, then close.
+                draining = true;
+            }
+        }
+    }
+    conn.linger_close(config).await;
+}
+
+/// Serves a datagram socket inside the loop: receive every datagram that
+/// is waiting, answer each, then wait again.
+async fn serve_datagrams(sock: Arc<DgramSocket>, config: Arc<Config>, mut stop: watch::Receiver<u8>) {
+    struct Fd(Arc<DgramSocket>);
+    impl AsRawFd for Fd {
+        fn as_raw_fd(&self) -> RawFd {
+            self.0.as_raw_fd()
+        }
+    }
+    if sock.set_nonblocking(true).is_err() {
+        return;
+    }
+    // SAFETY: the Arc keeps the socket (and its descriptor) alive for as
+    // long as the AsyncFd holds it.
+    let afd = match unsafe { AsyncFd::register_with_interest(Fd(Arc::clone(&sock)), Interest::READABLE) } {
+        Ok(a) => a,
+        Err(e) => {
+            let e: io::Error = e.into();
+            tracing::error!("cannot serve datagrams: {e}");
+            return;
+        }
+    };
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut out = Vec::new();
+    let mut ends = Vec::new();
+    loop {
+        tokio::select! {
+            r = afd.readable() => {
+                let mut g = match r { Ok(g) => g, Err(_) => return };
+                loop {
+                    match sock.try_recv(&mut buf) {
+                        Ok((n, peer)) => {
+                            if !config.hooks.verify(&peer) {
+                                continue;
+                            }
+                            let _busy = config.shared.tracker.enter(None);
+                            handle_datagram(&config.handler, &config.hooks, &buf[..n], &peer, &sock, &mut out, &mut ends);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            g.clear_ready();
+                            break;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            // ICMP errors from earlier replies surface here
+                            // (ECONNREFUSED); they concern one peer only.
+                            tracing::debug!("datagram receive error: {e}");
+                            g.clear_ready();
+                            break;
+                        }
+                    }
+                }
+            }
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() != RUNNING {
+                    return;
+                }
+            }
+        }
+    }
+}
