@@ -24,6 +24,11 @@ use crate::addr::Address;
 use crate::shutdown::{wait_fd, Shared, TrackGuard, Wake};
 use crate::socket::Stream;
 
+/// The most a lingering close reads and discards before it gives up: enough
+/// to absorb requests in flight, not enough to let a peer that keeps
+/// sending (an oversized frame, say) hold the connection open.
+pub(crate) const LINGER_BUDGET: usize = 256 * 1024;
+
 /// One accepted stream connection (TCP or Unix).
 pub struct Connection {
     // Fields drop in declaration order: the guard unregisters the socket
@@ -178,16 +183,23 @@ impl Connection {
     }
 
     /// Lingering close: after our last reply and a half-close, read and
-    /// discard until the client closes or `linger` passes, so the client
-    /// never gets a reset that could destroy replies it has not read yet.
+    /// discard until the client closes, `linger` passes or
+    /// [`LINGER_BUDGET`] bytes were discarded, so a client that is merely
+    /// slow to close never gets a reset that could destroy replies it has
+    /// not read yet.
     pub(crate) fn linger_close(self, linger: Duration) {
         let _ = self.stream.shutdown(Shutdown::Write);
         let deadline = std::time::Instant::now() + linger;
         let mut sink = [0u8; 4096];
+        let mut budget = LINGER_BUDGET;
         loop {
             match (&self.stream).read(&mut sink) {
                 Ok(0) => break,
-                Ok(_) => continue,
+                Ok(n) if n >= budget => break,
+                Ok(n) => {
+                    budget -= n;
+                    continue;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,

@@ -252,10 +252,12 @@ impl AsyncConn {
         let linger = config.limits.linger;
         let _ = tokio::time::timeout(linger, async {
             let mut sink = [0u8; 1024];
+            let mut budget = crate::conn::LINGER_BUDGET;
             loop {
                 match self.try_read(&mut sink) {
                     Ok(0) => return,
-                    Ok(_) => continue,
+                    Ok(n) if n >= budget => return,
+                    Ok(n) => budget -= n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         match self.io.readable().await {
                             Ok(mut g) => g.clear_ready(),
