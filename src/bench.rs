@@ -1215,6 +1215,7 @@ impl<'a, S: Io> Conn<'a, S> {
         // itself the bottleneck.
         let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(Duration::from_secs(3600)));
         let mut armed_at: Option<Instant> = None;
+        let slack = (self.plan.reply_timeout / 8).min(Duration::from_secs(1));
         loop {
             let now = Instant::now();
             self.fill(now)?;
@@ -1228,30 +1229,30 @@ impl<'a, S: Io> Conn<'a, S> {
 
             // The wait ends on readiness or at the deadline: the oldest
             // request's timeout, or (open loop, with room in the pipeline)
-            // the next scheduled send.
-            let mut deadline = self.inflight.front().map(|f| f.stamp + self.plan.reply_timeout);
-            if let Some(due) = self.next_due {
-                if self.inflight.len() < self.plan.pipeline && !self.exhausted {
-                    deadline = Some(deadline.map_or(due, |d| d.min(due)));
-                }
-            }
-            let deadline = deadline.unwrap_or(now + Duration::from_secs(3600));
-            // A timeout may fire up to 50 ms late; a scheduled send may not.
-            let slack = if self.next_due.is_some() {
-                Duration::ZERO
-            } else {
-                Duration::from_millis(50)
+            // the next scheduled send. A scheduled send must not be late;
+            // a timeout may be detected up to `slack` late, so the timer
+            // moves only about once per `slack` instead of once per reply.
+            let timeout_at = self.inflight.front().map(|f| f.stamp + self.plan.reply_timeout);
+            let due = self
+                .next_due
+                .filter(|_| self.inflight.len() < self.plan.pipeline && !self.exhausted);
+            let (lower, upper) = match (timeout_at, due) {
+                (Some(t), Some(d)) => (t.min(d), (t + slack).min(d)),
+                (Some(t), None) => (t, t + slack),
+                (None, Some(d)) => (d, d),
+                (None, None) => (now + Duration::from_secs(3600), now + Duration::from_secs(7200)),
             };
-            if armed_at.is_none_or(|a| a < deadline || a > deadline + slack) {
-                let at = deadline + slack / 2;
-                timer.as_mut().reset(at.into());
-                armed_at = Some(at);
+            if armed_at.is_none_or(|a| a < lower || a > upper) {
+                timer.as_mut().reset(upper.into());
+                armed_at = Some(upper);
             }
 
+            // ERROR too: a UDP socket whose datagram was refused (ICMP port
+            // unreachable) reports only EPOLLERR, never readable.
             let interest = if self.wpos < self.wbuf.len() {
-                Interest::READABLE | Interest::WRITABLE
+                Interest::READABLE | Interest::WRITABLE | Interest::ERROR
             } else {
-                Interest::READABLE
+                Interest::READABLE | Interest::ERROR
             };
             let ready = tokio::select! {
                 biased;

@@ -60,7 +60,7 @@ impl Connection {
         shared: Arc<Shared>,
     ) -> io::Result<Connection> {
         stream.set_nonblocking(true)?;
-        let guard = shared.tracker.enter(Some(stream.as_raw_fd()));
+        let guard = shared.tracker.enter(Some(stream.as_raw_fd()), peer.ip());
         Ok(Connection {
             stream,
             peer,

@@ -67,7 +67,7 @@ pub use dgram::{DgramSocket, MAX_DATAGRAM};
 pub use error::Error;
 pub use handler::{DatagramHandler, Handler, HandlerResult, MessageHandler, Reply, StreamHandler};
 pub use hooks::Failure;
-pub use server::{Builder, Handled, Limits, Server};
+pub use server::{Builder, Handled, Limits, OverLimit, Server};
 pub use shutdown::ShutdownHandle;
 pub use socket::SocketOptions;
 pub use strategy::Strategy;

@@ -93,7 +93,15 @@ fn run_framed(mut conn: Connection, handler: &dyn MessageHandler, config: &Confi
     let mut session = Session::new(&config.framing, conn.peer_addr().clone());
     let mut buf = vec![0u8; READ_BUF];
     let mut out: Vec<u8> = Vec::with_capacity(4096);
+    let limits = &config.limits;
     loop {
+        // A frame that has started must finish within the read timeout
+        // (slow senders); between frames only the idle timeout applies.
+        conn.set_read_timeout(if session.mid_frame() {
+            limits.read_timeout.or(limits.idle_timeout)
+        } else {
+            limits.idle_timeout
+        });
         let n = match conn.read_inner(&mut buf, true) {
             Ok(0) => {
                 session.finish(&ctx, &mut out);

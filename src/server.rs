@@ -49,6 +49,34 @@ pub struct Limits {
     /// How long a shutdown waits for connections to finish before cutting
     /// them.
     pub drain_timeout: Duration,
+    /// Close a connection whose frame has started but not finished for this
+    /// long (slow senders, slowloris). Message handlers only.
+    pub read_timeout: Option<Duration>,
+    /// Most connections open at once; what happens at the limit is
+    /// [`over_limit`](Self::over_limit). Threads, tasks and buffers are
+    /// bounded by it in every strategy.
+    pub max_connections: Option<usize>,
+    /// Most connections open at once from one IP address; over it a new
+    /// connection is accepted, sent [`limit_message`](Self::limit_message)
+    /// if set, and closed.
+    pub max_connections_per_ip: Option<usize>,
+    /// At the global limit: stop accepting (the kernel backlog holds the
+    /// rest) or accept and close.
+    pub over_limit: OverLimit,
+    /// Sent (best effort) to a connection refused by a limit.
+    pub limit_message: Option<Vec<u8>>,
+}
+
+/// What the server does with new connections at its connection limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OverLimit {
+    /// Stop accepting until a connection finishes; new clients wait in the
+    /// kernel's backlog (tcpserver's and socat's behaviour). The default.
+    #[default]
+    Wait,
+    /// Accept, send the limit message if any, and close at once (ncat's and
+    /// systemd's behaviour): clients learn at once that the server is full.
+    Close,
 }
 
 impl Default for Limits {
@@ -58,6 +86,11 @@ impl Default for Limits {
             write_timeout: Some(Duration::from_secs(30)),
             linger: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(10),
+            read_timeout: None,
+            max_connections: None,
+            max_connections_per_ip: None,
+            over_limit: OverLimit::Wait,
+            limit_message: None,
         }
     }
 }
@@ -330,9 +363,11 @@ impl Builder {
                 error_burst: 0,
                 backoff: Duration::ZERO,
                 adopted,
+                at_limit: false,
             });
         }
         Ok(Server {
+            waker,
             sources,
             bound,
             config,
@@ -394,6 +429,8 @@ struct ListenerState {
     error_burst: u64,
     backoff: Duration,
     adopted: bool,
+    /// Accepting is paused at the connection limit.
+    at_limit: bool,
 }
 
 /// What [`Server::handle_request`] did.
@@ -409,6 +446,7 @@ pub enum Handled {
 
 /// A bound server, ready to serve.
 pub struct Server {
+    waker: Arc<mio::Waker>,
     sources: Vec<ListenerState>,
     bound: Vec<Endpoint>,
     config: Arc<Config>,
@@ -494,7 +532,7 @@ impl Server {
                 .collect();
             let now = Instant::now();
             for (i, l) in self.sources.iter().enumerate() {
-                if l.retry_at.is_some_and(|t| t <= now) && !ready.contains(&i) {
+                if (l.at_limit || l.retry_at.is_some_and(|t| t <= now)) && !ready.contains(&i) {
                     ready.push(i);
                 }
             }
@@ -564,6 +602,30 @@ impl Server {
             if st.adopted {
                 return 0;
             }
+            if matches!(st.source, Source::Tcp(_) | Source::Unix(..)) && self.at_limit() {
+                match self.config.limits.over_limit {
+                    OverLimit::Wait => {
+                        // Leave the connections in the kernel's backlog; the
+                        // next connection to finish wakes this loop.
+                        let waker = Arc::clone(&self.waker);
+                        self.shared.tracker.pause_until_free(|| {
+                            Box::new(move || {
+                                let _ = waker.wake();
+                            })
+                        });
+                        if self.at_limit() {
+                            self.sources[i].at_limit = true;
+                            break;
+                        }
+                    }
+                    OverLimit::Close => {
+                        self.refuse_one(i);
+                        continue;
+                    }
+                }
+            }
+            self.sources[i].at_limit = false;
+            let st = &self.sources[i];
             let accepted: io::Result<Work> = match &st.source {
                 Source::Tcp(l) => l.accept().and_then(|(s, peer)| {
                     if self.config.options.nodelay {
@@ -584,7 +646,7 @@ impl Server {
                             data: buf,
                             peer,
                             socket: Arc::clone(sock),
-                            _guard: self.shared.tracker.enter(None),
+                            _guard: self.shared.tracker.enter(None, None),
                         })
                     })
                 }
@@ -643,7 +705,44 @@ impl Server {
         taken
     }
 
+    fn at_limit(&self) -> bool {
+        self.config
+            .limits
+            .max_connections
+            .is_some_and(|max| self.shared.tracker.connections() >= max)
+    }
+
+    /// Accepts one connection only to refuse it (global limit, close mode).
+    fn refuse_one(&self, i: usize) {
+        let accepted = match &self.sources[i].source {
+            Source::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
+            Source::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
+            Source::Dgram(..) => return,
+        };
+        if let Ok(stream) = accepted {
+            tracing::info!("refused a connection: at the limit of {} connections", self.config.limits.max_connections.unwrap_or(0));
+            self.send_refusal(&stream);
+        }
+    }
+
+    fn send_refusal(&self, stream: &Stream) {
+        use std::io::Write;
+        if let Some(msg) = &self.config.limits.limit_message {
+            let _ = stream.set_nonblocking(true);
+            let _ = (&*stream).write(msg);
+        }
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    }
+
     fn admit(&self, stream: Stream, peer: Address, local: Address) -> io::Result<Work> {
+        if let (Some(max), Some(ip)) = (self.config.limits.max_connections_per_ip, peer.ip()) {
+            let open = self.shared.tracker.connections_from(ip);
+            if open >= max {
+                tracing::info!(%peer, "refused: {open} connections from this address (limit {max})");
+                self.send_refusal(&stream);
+                return Err(io::Error::from_raw_os_error(libc::ECONNABORTED));
+            }
+        }
         Connection::new(stream, peer, local, Arc::clone(&self.shared)).map(Work::Conn)
     }
 

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -132,33 +133,72 @@ pub(crate) fn wait_fd(
 
 /// Counts the connections (and datagram jobs) in flight and knows their
 /// sockets, so a drain can wait for them and a forced stop can cut them.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Tracker {
     state: Mutex<TrackerState>,
     idle: Condvar,
     next_id: AtomicU64,
+    /// Set by the accept loop when it stopped accepting at the connection
+    /// limit; the next connection to finish wakes it through `on_free`.
+    paused: AtomicBool,
+    on_free: std::sync::OnceLock<Waker>,
+}
+
+impl std::fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracker").field("active", &self.active()).finish()
+    }
 }
 
 #[derive(Debug, Default)]
 struct TrackerState {
     active: usize,
     sockets: HashMap<u64, RawFd>,
+    per_ip: HashMap<IpAddr, usize>,
 }
 
 impl Tracker {
-    /// Registers one unit of work; `fd` is its socket if it has its own.
-    /// The socket must stay open until the returned guard is dropped.
-    pub(crate) fn enter(self: &Arc<Self>, fd: Option<RawFd>) -> TrackGuard {
+    /// Registers one unit of work; `fd` is its socket if it has its own,
+    /// `ip` its peer's address when per-peer limits apply. The socket must
+    /// stay open until the returned guard is dropped.
+    pub(crate) fn enter(self: &Arc<Self>, fd: Option<RawFd>, ip: Option<IpAddr>) -> TrackGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.active += 1;
         if let Some(fd) = fd {
             st.sockets.insert(id, fd);
         }
+        if let Some(ip) = ip {
+            *st.per_ip.entry(ip).or_insert(0) += 1;
+        }
         TrackGuard {
             tracker: Arc::clone(self),
             id,
+            ip,
         }
+    }
+
+    /// Open connections (work with a socket of its own).
+    pub(crate) fn connections(&self) -> usize {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).sockets.len()
+    }
+
+    /// Open connections from one peer address.
+    pub(crate) fn connections_from(&self, ip: IpAddr) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .per_ip
+            .get(&ip)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The accept loop stops at the limit: have the next finished
+    /// connection wake it.
+    pub(crate) fn pause_until_free(&self, waker: impl FnOnce() -> Waker) {
+        let _ = self.on_free.set(waker());
+        self.paused.store(true, Ordering::SeqCst);
     }
 
     /// How much work is in flight.
@@ -209,6 +249,7 @@ impl Tracker {
 pub(crate) struct TrackGuard {
     tracker: Arc<Tracker>,
     id: u64,
+    ip: Option<IpAddr>,
 }
 
 impl Drop for TrackGuard {
@@ -220,8 +261,22 @@ impl Drop for TrackGuard {
             .unwrap_or_else(|p| p.into_inner());
         st.active -= 1;
         st.sockets.remove(&self.id);
+        if let Some(ip) = self.ip {
+            if let Some(n) = st.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    st.per_ip.remove(&ip);
+                }
+            }
+        }
         if st.active == 0 {
             self.tracker.idle.notify_all();
+        }
+        drop(st);
+        if self.tracker.paused.swap(false, Ordering::SeqCst) {
+            if let Some(wake) = self.tracker.on_free.get() {
+                wake();
+            }
         }
     }
 }

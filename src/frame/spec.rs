@@ -63,7 +63,7 @@ enum Kind {
 /// ```
 /// use sockserv::frame::{Framing, OnOversize};
 /// let f: Framing = "delim:\\r\\n|\\n".parse().unwrap();
-/// let f = f.with_max_frame(1024).with_on_oversize(OnOversize::Skip);
+/// let f = f.with_max_frame(1024).unwrap().with_on_oversize(OnOversize::Skip);
 /// assert_eq!(f.to_string(), "delim:\\r\\n|\\n");
 /// assert_eq!(f.max_frame(), 1024);
 /// ```
@@ -125,7 +125,7 @@ impl Framing {
     /// Messages of exactly `size` bytes. Fails when `size` is 0. If `size`
     /// is over the default maximum frame size, the maximum is raised to
     /// `size`, so that `fixed:100000` works without also asking for a larger
-    /// limit; [`try_with_max_frame`](Self::try_with_max_frame) below `size`
+    /// limit; [`with_max_frame`](Self::with_max_frame) below `size`
     /// fails.
     pub fn fixed(size: usize) -> Result<Self, String> {
         let proto = FixedCodec::new(size, size)?;
@@ -136,23 +136,10 @@ impl Framing {
 
     /// Sets the maximum frame size (for `len`, of the whole frame, header
     /// included; for the others, of the message without its delimiter).
-    ///
-    /// Infallible so that it chains: a limit below what the framing needs
-    /// to accept any frame at all ([`min_max_frame`](Self::min_max_frame):
-    /// 1 byte, a `fixed` size, a length header) is raised to that minimum.
-    /// Use [`try_with_max_frame`](Self::try_with_max_frame) to report such
-    /// a limit to the user instead.
-    pub fn with_max_frame(mut self, max_frame: usize) -> Self {
-        let max_frame = max_frame.max(self.min_max_frame());
-        // Cannot fail at or above the minimum; if it did, `self` is unchanged.
-        let _ = self.set_max_frame(max_frame);
-        self
-    }
-
-    /// Sets the maximum frame size, failing when it is 0, smaller than a
-    /// `fixed` size, or smaller than a length header: such a limit would
-    /// reject every frame. What a CLI should call with a user's value.
-    pub fn try_with_max_frame(mut self, max_frame: usize) -> Result<Self, String> {
+    /// Fails when it is below [`min_max_frame`](Self::min_max_frame) (0, or
+    /// smaller than a `fixed` size or a length header): such a limit would
+    /// reject every frame, which is a configuration mistake worth reporting.
+    pub fn with_max_frame(mut self, max_frame: usize) -> Result<Self, String> {
         self.set_max_frame(max_frame)?;
         Ok(self)
     }
@@ -518,8 +505,7 @@ mod tests {
         let f = Framing::line();
         assert_eq!(f.max_frame(), DEFAULT_MAX_FRAME);
         assert_eq!(f.on_oversize(), OnOversize::Close);
-        assert!(f.clone().try_with_max_frame(0).is_err());
-        assert_eq!(f.clone().with_max_frame(0).max_frame(), 1);
+        assert!(f.clone().with_max_frame(0).is_err());
         let f = f
             .with_max_frame(10)
             .unwrap()
@@ -529,8 +515,7 @@ mod tests {
             Codec::Line(c) => assert_eq!(c.max_frame(), 10),
             other => panic!("{other:?}"),
         }
-        assert!(Framing::fixed(8).unwrap().try_with_max_frame(7).is_err());
-        assert_eq!(Framing::fixed(8).unwrap().with_max_frame(7).max_frame(), 8);
+        assert!(Framing::fixed(8).unwrap().with_max_frame(7).is_err());
         assert_eq!(Framing::fixed(8).unwrap().min_max_frame(), 8);
         assert!(Framing::length(LengthField::new(4).length_field_offset(4))
             .unwrap()

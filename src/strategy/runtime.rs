@@ -351,7 +351,6 @@ async fn serve_framed(
         hooks: &config.hooks,
     };
     let mut backlog: Vec<u8> = Vec::new();
-    let idle = config.limits.idle_timeout;
     let mut draining = *stop.borrow() != RUNNING;
     'conn: loop {
         // Write replies the socket could not take yet before reading more.
@@ -390,8 +389,13 @@ async fn serve_framed(
             // Everything the client had sent is handled and answered.
             break;
         }
+        let wait = if session.mid_frame() {
+            config.limits.read_timeout.or(config.limits.idle_timeout)
+        } else {
+            config.limits.idle_timeout
+        };
         let readable = async {
-            match idle {
+            match wait {
                 Some(t) => match tokio::time::timeout(t, conn.io.readable()).await {
                     Ok(r) => r.map(Some),
                     Err(_) => Ok(None),
@@ -406,7 +410,7 @@ async fn serve_framed(
                 Ok(None) => {
                     config.hooks.error(
                         session.peer(),
-                        Failure::Io(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
+                        Failure::Io(io::Error::new(io::ErrorKind::TimedOut, "read timed out")),
                     );
                     break;
                 }
@@ -462,7 +466,7 @@ async fn serve_datagrams(sock: Arc<DgramSocket>, config: Arc<Config>, mut stop: 
                             if !config.hooks.verify(&peer) {
                                 continue;
                             }
-                            let _busy = config.shared.tracker.enter(None);
+                            let _busy = config.shared.tracker.enter(None, None);
                             handle_datagram(&config.handler, &config.hooks, &buf[..n], &peer, &sock, &mut out, &mut ends);
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

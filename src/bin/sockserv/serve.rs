@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use sockserv::frame::{Framing, OnOversize};
 use sockserv::handlers::Builtin;
-use sockserv::{Endpoint, Limits, Server, SocketOptions, Strategy};
+use sockserv::{Endpoint, Limits, OverLimit, Server, SocketOptions, Strategy};
 
 use crate::error::CliError;
 use crate::util::{init_logging, parse_duration};
@@ -86,6 +86,34 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     idle_timeout: Option<Duration>,
 
+    /// Close a connection whose frame has started but not finished for
+    /// this long (slow senders; default: never).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    read_timeout: Option<Duration>,
+
+    /// Fail a connection whose replies cannot be written for this long
+    /// (a peer that never reads).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    write_timeout: Duration,
+
+    /// Most connections open at once (default: unlimited).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_conns: Option<u64>,
+
+    /// Most connections open at once from one IP address; more are
+    /// accepted, sent --limit-message, and closed.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_conns_per_ip: Option<u64>,
+
+    /// At --max-conns: wait (stop accepting; clients queue in the kernel
+    /// backlog) or close (accept, send --limit-message, close).
+    #[arg(long, default_value = "wait", value_parser = ["wait", "close"])]
+    over_limit: String,
+
+    /// Text sent to connections refused by a limit (a newline is added).
+    #[arg(long, value_name = "TEXT")]
+    limit_message: Option<String>,
+
     /// More log output on stderr (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -144,7 +172,17 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     };
     let limits = Limits {
         idle_timeout: args.idle_timeout,
+        read_timeout: args.read_timeout,
+        write_timeout: Some(args.write_timeout),
         drain_timeout: args.drain_timeout,
+        max_connections: args.max_conns.map(|n| n as usize),
+        max_connections_per_ip: args.max_conns_per_ip.map(|n| n as usize),
+        over_limit: if args.over_limit == "close" {
+            OverLimit::Close
+        } else {
+            OverLimit::Wait
+        },
+        limit_message: args.limit_message.as_ref().map(|m| format!("{m}\n").into_bytes()),
         ..Limits::default()
     };
     let strategy = strategy(&args);
