@@ -112,6 +112,29 @@ pub(crate) fn handle_datagram(
     out: &mut Vec<u8>,
     ends: &mut Vec<usize>,
 ) {
+    if !call_handler(handler, hooks, data, peer, out, ends) {
+        return;
+    }
+    let mut start = 0;
+    for &end in ends.iter() {
+        if let Err(e) = socket.send_to(&out[start..end], peer) {
+            hooks.error(peer, Failure::Io(e));
+            break;
+        }
+        start = end;
+    }
+}
+
+/// Runs the handler on one datagram, collecting its replies in `out`
+/// (each ending at the next entry of `ends`). False if it panicked.
+pub(crate) fn call_handler(
+    handler: &Handler,
+    hooks: &Hooks,
+    data: &[u8],
+    peer: &Address,
+    out: &mut Vec<u8>,
+    ends: &mut Vec<usize>,
+) -> bool {
     out.clear();
     ends.clear();
     let mut reply = Reply::datagrams(out, ends, peer);
@@ -125,15 +148,8 @@ pub(crate) fn handle_datagram(
         Ok(Err(e)) => hooks.error(peer, Failure::Handler(e)),
         Err(p) => {
             hooks.error(peer, Failure::from_panic(p));
-            return;
+            return false;
         }
     }
-    let mut start = 0;
-    for &end in ends.iter() {
-        if let Err(e) = socket.send_to(&out[start..end], peer) {
-            hooks.error(peer, Failure::Io(e));
-            break;
-        }
-        start = end;
-    }
+    true
 }

@@ -53,6 +53,7 @@ pub mod frame;
 pub mod handler;
 pub mod handlers;
 mod hooks;
+mod mmsg;
 mod run;
 pub mod server;
 mod session;

@@ -431,6 +431,50 @@ async fn serve_framed(
     conn.linger_close(config).await;
 }
 
+/// Receives one batch of UDP datagrams, handles each, sends every reply in
+/// batches. True when the socket has no more datagrams waiting.
+fn serve_udp_batch(
+    batch: &mut crate::mmsg::Batch,
+    sock: &DgramSocket,
+    config: &Config,
+    out: &mut Vec<u8>,
+    ends: &mut Vec<usize>,
+) -> bool {
+    let fd = sock.as_raw_fd();
+    let n = match batch.recv(fd) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return false,
+        Err(e) => {
+            // ICMP errors from earlier replies surface here (ECONNREFUSED);
+            // they concern one peer only.
+            tracing::debug!("datagram receive error: {e}");
+            return false;
+        }
+    };
+    let _busy = config.shared.tracker.enter(None, None);
+    for i in 0..n {
+        let Some((data, from)) = batch.datagram(i) else {
+            continue;
+        };
+        let peer = crate::addr::Address::Inet(from);
+        if !config.hooks.verify(&peer) {
+            continue;
+        }
+        if crate::dgram::call_handler(&config.handler, &config.hooks, data, &peer, out, ends) && !ends.is_empty() {
+            let (o, e) = (std::mem::take(out), std::mem::take(ends));
+            batch.queue(&o, &e, from);
+            *out = o;
+            *ends = e;
+        }
+    }
+    if let Err(e) = batch.flush(fd) {
+        tracing::debug!("datagram send error: {e}");
+    }
+    // A short batch means the socket is drained for now.
+    n < crate::mmsg::BATCH
+}
+
 /// Serves a datagram socket inside the loop: receive every datagram that
 /// is waiting, answer each, then wait again.
 async fn serve_datagrams(sock: Arc<DgramSocket>, config: Arc<Config>, mut stop: watch::Receiver<u8>) {
@@ -456,10 +500,21 @@ async fn serve_datagrams(sock: Arc<DgramSocket>, config: Arc<Config>, mut stop: 
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut out = Vec::new();
     let mut ends = Vec::new();
+    let mut batch = match &*sock {
+        DgramSocket::Udp(_) => Some(crate::mmsg::Batch::new()),
+        DgramSocket::Unix(_) => None,
+    };
     loop {
         tokio::select! {
             r = afd.readable() => {
                 let mut g = match r { Ok(g) => g, Err(_) => return };
+                if let Some(batch) = batch.as_deref_mut() {
+                    // UDP: many datagrams per system call each way.
+                    if serve_udp_batch(batch, &sock, &config, &mut out, &mut ends) {
+                        g.clear_ready();
+                    }
+                    continue;
+                }
                 loop {
                     match sock.try_recv(&mut buf) {
                         Ok((n, peer)) => {
