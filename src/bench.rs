@@ -151,11 +151,12 @@ impl BenchConfig {
 
     /// The reply timeout in force (see [`BenchConfig::timeout`]).
     pub fn reply_timeout(&self) -> Duration {
-        self.timeout.unwrap_or(if self.endpoint.transport().is_stream() {
-            Duration::from_secs(30)
-        } else {
-            Duration::from_secs(1)
-        })
+        self.timeout
+            .unwrap_or(if self.endpoint.transport().is_stream() {
+                Duration::from_secs(30)
+            } else {
+                Duration::from_secs(1)
+            })
     }
 
     /// The measuring time limit in force: the configured one, or 10 s when
@@ -313,7 +314,10 @@ impl Report {
         }
         j.num("warmup_s", self.warmup.as_secs_f64());
         j.num("duration_s", self.duration.as_secs_f64());
-        j.raw("interrupted", if self.interrupted { "true" } else { "false" });
+        j.raw(
+            "interrupted",
+            if self.interrupted { "true" } else { "false" },
+        );
         j.num("sent", self.sent as f64);
         j.num("requests", self.requests as f64);
         j.num("late", self.late as f64);
@@ -373,7 +377,11 @@ impl fmt::Display for Report {
         } else {
             format!(" after {:.1} s of warm-up", self.warmup.as_secs_f64())
         };
-        let stopped = if self.interrupted { " (interrupted)" } else { "" };
+        let stopped = if self.interrupted {
+            " (interrupted)"
+        } else {
+            ""
+        };
         writeln!(
             f,
             "  requests  {} in {:.2} s{}{}: {} req/s, {:.2} MB/s each way",
@@ -398,7 +406,11 @@ impl fmt::Display for Report {
             None => writeln!(f, "  latency   no replies measured")?,
         }
         if self.late > 0 {
-            writeln!(f, "  late      {} replies after their timeout", group(self.late))?;
+            writeln!(
+                f,
+                "  late      {} replies after their timeout",
+                group(self.late)
+            )?;
         }
         if self.errors.total() == 0 {
             write!(f, "  errors    none")
@@ -493,7 +505,8 @@ pub fn run_with_progress(
     let (tx, rx) = mpsc::channel::<io::Result<ThreadOutcome>>();
     let mut handles = Vec::with_capacity(plan.threads);
     for thread in 0..plan.threads {
-        let (plan, shared, targets, tx) = (plan.clone(), shared.clone(), targets.clone(), tx.clone());
+        let (plan, shared, targets, tx) =
+            (plan.clone(), shared.clone(), targets.clone(), tx.clone());
         let handle = std::thread::Builder::new()
             .name(format!("bench-{thread}"))
             .spawn(move || {
@@ -561,7 +574,9 @@ impl Plan {
         let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
         let transport = config.endpoint.transport();
         if config.connections == 0 {
-            return Err(invalid("the number of connections must be at least 1".into()));
+            return Err(invalid(
+                "the number of connections must be at least 1".into(),
+            ));
         }
         if config.pipeline == 0 {
             return Err(invalid("the pipeline depth must be at least 1".into()));
@@ -593,7 +608,9 @@ impl Plan {
         let interval = match config.rate {
             None => None,
             Some(r) if !(r.is_finite() && r > 0.0) => {
-                return Err(invalid("the rate must be a positive number of requests per second".into()))
+                return Err(invalid(
+                    "the rate must be a positive number of requests per second".into(),
+                ))
             }
             Some(r) => {
                 let secs = config.connections as f64 / r;
@@ -740,9 +757,12 @@ struct Targets {
 }
 
 fn resolve_targets(endpoint: &Endpoint, connections: usize) -> io::Result<Targets> {
-    let addrs = endpoint
-        .resolve()
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot connect to {endpoint}: {}", describe(&e))))?;
+    let addrs = endpoint.resolve().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot connect to {endpoint}: {}", describe(&e)),
+        )
+    })?;
     let local_paths = match endpoint {
         Endpoint::UnixDgram(_) => {
             let dir = std::env::temp_dir();
@@ -754,7 +774,9 @@ fn resolve_targets(endpoint: &Endpoint, connections: usize) -> io::Result<Target
                     .map(|d| d.subsec_nanos())
                     .unwrap_or(0)
             );
-            (0..connections).map(|i| dir.join(format!("{tag}-{i}.sock"))).collect()
+            (0..connections)
+                .map(|i| dir.join(format!("{tag}-{i}.sock")))
+                .collect()
         }
         _ => Vec::new(),
     };
@@ -841,7 +863,10 @@ impl Shared {
         let (phase, elapsed) = match self.start.get() {
             None => (Phase::Connecting, now - began),
             Some(&start) if now < start + plan.warmup => (Phase::Warmup, now - start),
-            Some(&start) => (Phase::Measuring, now.saturating_duration_since(start + plan.warmup)),
+            Some(&start) => (
+                Phase::Measuring,
+                now.saturating_duration_since(start + plan.warmup),
+            ),
         };
         Progress {
             phase,
@@ -889,7 +914,8 @@ struct Stats {
 impl Stats {
     fn new() -> Stats {
         Stats {
-            hist: Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3).expect("constant histogram bounds are valid"),
+            hist: Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3)
+                .expect("constant histogram bounds are valid"),
             requests: 0,
             sent: 0,
             late: 0,
@@ -899,7 +925,13 @@ impl Stats {
         }
     }
 
-    fn error(&mut self, shared: &Shared, kind: ErrorKind, n: u64, message: impl FnOnce() -> String) {
+    fn error(
+        &mut self,
+        shared: &Shared,
+        kind: ErrorKind,
+        n: u64,
+        message: impl FnOnce() -> String,
+    ) {
         self.errors.add(kind, n);
         shared.errors.fetch_add(n, Ordering::Relaxed);
         let slot = &mut self.samples[kind.index()];
@@ -918,16 +950,31 @@ struct Ctx {
     end: Option<Instant>,
 }
 
-fn run_thread(thread: usize, plan: &Arc<Plan>, shared: &Arc<Shared>, targets: &Arc<Targets>) -> io::Result<ThreadOutcome> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+fn run_thread(
+    thread: usize,
+    plan: &Arc<Plan>,
+    shared: &Arc<Shared>,
+    targets: &Arc<Targets>,
+) -> io::Result<ThreadOutcome> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, drive_thread(thread, plan.clone(), shared.clone(), targets.clone()))
+    local.block_on(
+        &rt,
+        drive_thread(thread, plan.clone(), shared.clone(), targets.clone()),
+    )
 }
 
 /// One runtime's life: connect its share of the connections, wait for every
 /// other runtime to do the same, load, and stop at the end of the duration,
 /// when the caller asks, or when every connection is done.
-async fn drive_thread(thread: usize, plan: Arc<Plan>, shared: Arc<Shared>, targets: Arc<Targets>) -> io::Result<ThreadOutcome> {
+async fn drive_thread(
+    thread: usize,
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    targets: Arc<Targets>,
+) -> io::Result<ThreadOutcome> {
     let mine: Vec<usize> = (thread..plan.connections).step_by(plan.threads).collect();
     let mut stats = Stats::new();
 
@@ -990,9 +1037,9 @@ async fn drive_thread(thread: usize, plan: Arc<Plan>, shared: Arc<Shared>, targe
         let ctx = ctx.clone();
         // Open loop: spread the connections' first sends over one interval
         // so that the total rate is even, not a burst every interval.
-        let first_due = plan.interval.map(|iv| {
-            start + iv.mul_f64(conn as f64 / plan.connections as f64)
-        });
+        let first_due = plan
+            .interval
+            .map(|iv| start + iv.mul_f64(conn as f64 / plan.connections as f64));
         tasks.spawn_local(async move {
             let result = match sock {
                 Sock::Tcp(s) => Conn::new(&ctx, conn, s, first_due).run().await,
@@ -1001,14 +1048,19 @@ async fn drive_thread(thread: usize, plan: Arc<Plan>, shared: Arc<Shared>, targe
                 Sock::UnixDgram(s) => Conn::new(&ctx, conn, s, first_due).run().await,
             };
             if let Err(e) = result {
-                ctx.stats.borrow_mut().error(&ctx.shared, e.kind, 1, || e.message);
+                ctx.stats
+                    .borrow_mut()
+                    .error(&ctx.shared, e.kind, 1, || e.message);
             }
         });
     }
 
     // Supervise: end of duration, caller's stop, or all connections done.
     let mut poll = tokio::time::interval(STOP_POLL);
-    let end_sleep = tokio::time::sleep_until(end.unwrap_or(start + Duration::from_secs(100 * 365 * 86_400)).into());
+    let end_sleep = tokio::time::sleep_until(
+        end.unwrap_or(start + Duration::from_secs(100 * 365 * 86_400))
+            .into(),
+    );
     tokio::pin!(end_sleep);
     let mut finished = None;
     loop {
@@ -1032,7 +1084,13 @@ async fn drive_thread(thread: usize, plan: Arc<Plan>, shared: Arc<Shared>, targe
     }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
-    let finished = finished.unwrap_or_else(|| ctx.stats.borrow().last_reply.unwrap_or(measure_start).max(measure_start));
+    let finished = finished.unwrap_or_else(|| {
+        ctx.stats
+            .borrow()
+            .last_reply
+            .unwrap_or(measure_start)
+            .max(measure_start)
+    });
     drop(tasks);
     let stats = match Rc::try_unwrap(ctx) {
         Ok(ctx) => ctx.stats.into_inner(),
@@ -1109,6 +1167,9 @@ trait Io {
     fn ready(&self, interest: Interest) -> impl Future<Output = io::Result<Ready>>;
     fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize>;
     fn try_send(&self, buf: &[u8]) -> io::Result<usize>;
+    /// The pending socket error (SO_ERROR), which `try_recv` cannot see
+    /// when the socket is in error without being readable.
+    fn take_error(&self) -> io::Result<Option<io::Error>>;
 }
 
 macro_rules! impl_io {
@@ -1124,6 +1185,9 @@ macro_rules! impl_io {
             #[inline]
             fn try_send(&self, buf: &[u8]) -> io::Result<usize> {
                 <$t>::$send(self, buf)
+            }
+            fn take_error(&self) -> io::Result<Option<io::Error>> {
+                <$t>::take_error(self)
             }
         }
     };
@@ -1232,7 +1296,10 @@ impl<'a, S: Io> Conn<'a, S> {
             // the next scheduled send. A scheduled send must not be late;
             // a timeout may be detected up to `slack` late, so the timer
             // moves only about once per `slack` instead of once per reply.
-            let timeout_at = self.inflight.front().map(|f| f.stamp + self.plan.reply_timeout);
+            let timeout_at = self
+                .inflight
+                .front()
+                .map(|f| f.stamp + self.plan.reply_timeout);
             let due = self
                 .next_due
                 .filter(|_| self.inflight.len() < self.plan.pipeline && !self.exhausted);
@@ -1240,7 +1307,10 @@ impl<'a, S: Io> Conn<'a, S> {
                 (Some(t), Some(d)) => (t.min(d), (t + slack).min(d)),
                 (Some(t), None) => (t, t + slack),
                 (None, Some(d)) => (d, d),
-                (None, None) => (now + Duration::from_secs(3600), now + Duration::from_secs(7200)),
+                (None, None) => (
+                    now + Duration::from_secs(3600),
+                    now + Duration::from_secs(7200),
+                ),
             };
             if armed_at.is_none_or(|a| a < lower || a > upper) {
                 timer.as_mut().reset(upper.into());
@@ -1260,7 +1330,13 @@ impl<'a, S: Io> Conn<'a, S> {
                 _ = timer.as_mut() => None,
             };
             match ready {
-                Some(r) if r.is_readable() || r.is_read_closed() || r.is_error() => self.receive()?,
+                Some(r) if r.is_readable() || r.is_read_closed() => self.receive()?,
+                Some(r) if r.is_error() => {
+                    let e = self.sock.take_error().and_then(|e| e.map_or(Ok(()), Err));
+                    if let Err(e) = e {
+                        return Err(self.io_error(&e));
+                    }
+                }
                 Some(_) => {}
                 None => {
                     armed_at = None;
@@ -1316,7 +1392,11 @@ impl<'a, S: Io> Conn<'a, S> {
             let seq = self.next_seq;
             self.next_seq += 1;
             self.encode(seq);
-            self.inflight.push_back(InFlight { seq, stamp, measured });
+            self.inflight.push_back(InFlight {
+                seq,
+                stamp,
+                measured,
+            });
             if measured {
                 self.ctx.stats.borrow_mut().sent += 1;
             }
@@ -1385,7 +1465,14 @@ impl<'a, S: Io> Conn<'a, S> {
                 })
             }
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                return Ok(())
+            }
             Err(e) => return Err(self.io_error(&e)),
         };
         self.rend += n;
@@ -1396,7 +1483,11 @@ impl<'a, S: Io> Conn<'a, S> {
                 None if avail.len() >= self.plan.size => (0, self.plan.size, self.plan.size),
                 None => break,
                 Some(codec) => match codec.decode(avail) {
-                    Decoded::Frame { start, end, consumed } => (start, end, consumed),
+                    Decoded::Frame {
+                        start,
+                        end,
+                        consumed,
+                    } => (start, end, consumed),
                     Decoded::Incomplete { consumed } => {
                         self.rstart += consumed;
                         break;
@@ -1404,7 +1495,10 @@ impl<'a, S: Io> Conn<'a, S> {
                     Decoded::TooLong { error, .. } => {
                         return Err(ConnError {
                             kind: ErrorKind::WrongReply,
-                            message: format!("connection {}: reply cannot be decoded: {error}", self.id),
+                            message: format!(
+                                "connection {}: reply cannot be decoded: {error}",
+                                self.id
+                            ),
                         })
                     }
                 },
@@ -1434,7 +1528,12 @@ impl<'a, S: Io> Conn<'a, S> {
         };
         self.plan.payloads.fill(&mut self.expect, self.id, req.seq);
         if self.rbuf[a..b] != self.expect[..] {
-            return Err(wrong_reply(self.id, req.seq, &self.expect, &self.rbuf[a..b]));
+            return Err(wrong_reply(
+                self.id,
+                req.seq,
+                &self.expect,
+                &self.rbuf[a..b],
+            ));
         }
         self.record(req, now);
         Ok(())
@@ -1444,7 +1543,14 @@ impl<'a, S: Io> Conn<'a, S> {
         loop {
             let n = match self.sock.try_recv(&mut self.rbuf) {
                 Ok(n) => n,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => return Ok(()),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    return Ok(())
+                }
                 Err(e) => return Err(self.io_error(&e)),
             };
             let now = Instant::now();
@@ -1477,9 +1583,20 @@ impl<'a, S: Io> Conn<'a, S> {
                         self.ctx.stats.borrow_mut().late += 1;
                         continue;
                     }
-                    let expected_seq = self.inflight.front().map(|f| f.seq).unwrap_or(self.next_seq);
-                    self.plan.payloads.fill(&mut self.expect, self.id, expected_seq);
-                    return Err(wrong_reply(self.id, expected_seq, &self.expect, &self.rbuf[..n]));
+                    let expected_seq = self
+                        .inflight
+                        .front()
+                        .map(|f| f.seq)
+                        .unwrap_or(self.next_seq);
+                    self.plan
+                        .payloads
+                        .fill(&mut self.expect, self.id, expected_seq);
+                    return Err(wrong_reply(
+                        self.id,
+                        expected_seq,
+                        &self.expect,
+                        &self.rbuf[..n],
+                    ));
                 }
             }
         }
@@ -1514,7 +1631,10 @@ impl<'a, S: Io> Conn<'a, S> {
             .stats
             .borrow_mut()
             .error(&self.ctx.shared, ErrorKind::Timeout, expired, || {
-                format!("connection {id}, request {first}: no reply within {} (datagram lost?)", secs(t))
+                format!(
+                    "connection {id}, request {first}: no reply within {} (datagram lost?)",
+                    secs(t)
+                )
             });
     }
 
@@ -1540,7 +1660,11 @@ impl<'a, S: Io> Conn<'a, S> {
         if !self.plan.stream && self.replies == 0 && e.kind() == io::ErrorKind::ConnectionRefused {
             return ConnError {
                 kind: ErrorKind::Connect,
-                message: format!("cannot connect to {}: {}", self.plan.endpoint_text, describe(e)),
+                message: format!(
+                    "cannot connect to {}: {}",
+                    self.plan.endpoint_text,
+                    describe(e)
+                ),
             };
         }
         ConnError {
@@ -1600,7 +1724,8 @@ fn build_report(
     outcomes: Vec<ThreadOutcome>,
     interrupted: bool,
 ) -> io::Result<Report> {
-    let mut hist = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_NS, 3).expect("constant histogram bounds are valid");
+    let mut hist = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_NS, 3)
+        .expect("constant histogram bounds are valid");
     let mut errors = ErrorCounts::default();
     let mut samples: [Option<String>; 4] = Default::default();
     let (mut requests, mut sent, mut late, mut connected) = (0, 0, 0, 0);
@@ -1638,8 +1763,12 @@ fn build_report(
         _ => Duration::ZERO,
     };
     let secs = duration.as_secs_f64();
-    let rps = if secs > 0.0 { requests as f64 / secs } else { 0.0 };
-    let latency = (hist.len() > 0).then(|| Latency {
+    let rps = if secs > 0.0 {
+        requests as f64 / secs
+    } else {
+        0.0
+    };
+    let latency = (!hist.is_empty()).then(|| Latency {
         min_us: hist.min() as f64 / 1000.0,
         mean_us: hist.mean() / 1000.0,
         p50_us: hist.value_at_quantile(0.50) as f64 / 1000.0,
@@ -1826,7 +1955,10 @@ mod tests {
             for seq in 0..200 {
                 p.fill(&mut buf, conn, seq);
                 assert!(buf.iter().all(|b| (0x21..=0x7e).contains(b)));
-                assert!(seen.insert(buf.clone()), "duplicate payload for {conn}/{seq}");
+                assert!(
+                    seen.insert(buf.clone()),
+                    "duplicate payload for {conn}/{seq}"
+                );
             }
         }
     }
@@ -1853,7 +1985,10 @@ mod tests {
         assert!(err.to_string().contains("fixed:32"), "{err}");
         let mut config = BenchConfig::new("udp://127.0.0.1:9".parse().unwrap());
         config.framing = "line".parse().unwrap();
-        assert_eq!(Plan::new(&config).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(
+            Plan::new(&config).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
     }
 
     #[test]

@@ -141,7 +141,7 @@ pub(crate) fn call_handler(
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match handler {
         Handler::Message(h) => h.handle(data, &mut reply),
         Handler::Datagram(h) => h.handle(data, &mut reply),
-        Handler::Stream(_) => Ok(()),
+        Handler::Stream(_) | Handler::AsyncStream(_) => Ok(()),
     }));
     match result {
         Ok(Ok(())) => {}

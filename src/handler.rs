@@ -15,9 +15,12 @@
 //! (stream handlers) or behind a lock. Closures work through
 //! [`message_fn`], [`stream_fn`] and [`datagram_fn`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::addr::Address;
+use crate::async_conn::AsyncConnection;
 use crate::conn::Connection;
 use crate::frame::{Codec, Encoder, FrameError};
 
@@ -65,6 +68,45 @@ pub trait MessageHandler: Send + Sync + 'static {
 pub trait DatagramHandler: Send + Sync + 'static {
     /// Handles one datagram from `reply.peer()`.
     fn handle(&self, datagram: &[u8], reply: &mut Reply<'_>) -> HandlerResult;
+}
+
+/// A stream handler written as async code; it runs on the async engine's
+/// event loops (and, under the blocking strategies, on a small runtime of
+/// its own thread). It owns the connection for as long as it runs.
+///
+/// ```
+/// use sockserv::{AsyncConnection, AsyncStreamHandler, HandlerResult};
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+///
+/// struct Echo;
+///
+/// impl AsyncStreamHandler for Echo {
+///     async fn handle(&self, mut conn: AsyncConnection) -> HandlerResult {
+///         let mut buf = [0u8; 4096];
+///         loop {
+///             let n = conn.read(&mut buf).await?;
+///             if n == 0 {
+///                 return Ok(());
+///             }
+///             conn.write_all(&buf[..n]).await?;
+///         }
+///     }
+/// }
+/// ```
+pub trait AsyncStreamHandler: Send + Sync + 'static {
+    /// Serves one connection.
+    fn handle(&self, conn: AsyncConnection) -> impl Future<Output = HandlerResult> + Send;
+}
+
+/// The object-safe form the server stores.
+pub(crate) trait DynAsyncStreamHandler: Send + Sync + 'static {
+    fn handle_boxed(&self, conn: AsyncConnection) -> Pin<Box<dyn Future<Output = HandlerResult> + Send + '_>>;
+}
+
+impl<T: AsyncStreamHandler> DynAsyncStreamHandler for T {
+    fn handle_boxed(&self, conn: AsyncConnection) -> Pin<Box<dyn Future<Output = HandlerResult> + Send + '_>> {
+        Box::pin(self.handle(conn))
+    }
 }
 
 /// Where a message handler's replies go.
@@ -146,6 +188,8 @@ pub enum Handler {
     Stream(Arc<dyn StreamHandler>),
     Message(Arc<dyn MessageHandler>),
     Datagram(Arc<dyn DatagramHandler>),
+    #[allow(private_interfaces)]
+    AsyncStream(Arc<dyn DynAsyncStreamHandler>),
 }
 
 impl std::fmt::Debug for Handler {
@@ -154,6 +198,7 @@ impl std::fmt::Debug for Handler {
             Handler::Stream(_) => "Handler::Stream",
             Handler::Message(_) => "Handler::Message",
             Handler::Datagram(_) => "Handler::Datagram",
+            Handler::AsyncStream(_) => "Handler::AsyncStream",
         })
     }
 }
@@ -172,6 +217,16 @@ impl Handler {
     /// Wraps a datagram handler.
     pub fn datagram(h: impl DatagramHandler) -> Handler {
         Handler::Datagram(Arc::new(h))
+    }
+
+    /// Wraps an async stream handler.
+    pub fn async_stream(h: impl AsyncStreamHandler) -> Handler {
+        Handler::AsyncStream(Arc::new(h))
+    }
+
+    /// True for handlers that need a connection (a stream socket).
+    pub fn is_stream(&self) -> bool {
+        matches!(self, Handler::Stream(_) | Handler::AsyncStream(_))
     }
 }
 

@@ -44,6 +44,7 @@
 //! | `block_on_close`, `daemon_threads` | the drain policy: [`Limits::drain_timeout`] |
 
 pub mod addr;
+mod async_conn;
 pub mod bench;
 pub mod client;
 mod conn;
@@ -62,11 +63,14 @@ pub mod socket;
 pub mod strategy;
 
 pub use addr::{Address, Endpoint, Transport};
+pub use async_conn::AsyncConnection;
 pub use client::Client;
 pub use conn::Connection;
 pub use dgram::{DgramSocket, MAX_DATAGRAM};
 pub use error::Error;
-pub use handler::{DatagramHandler, Handler, HandlerResult, MessageHandler, Reply, StreamHandler};
+pub use handler::{
+    AsyncStreamHandler, DatagramHandler, Handler, HandlerResult, MessageHandler, Reply, StreamHandler,
+};
 pub use hooks::Failure;
 pub use server::{Builder, Handled, Limits, OverLimit, Server};
 pub use shutdown::ShutdownHandle;

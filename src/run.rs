@@ -6,7 +6,10 @@
 use std::io::{self, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use crate::async_conn::{AsyncConnection, AsyncStream};
 use crate::conn::Connection;
+use crate::handler::DynAsyncStreamHandler;
+use crate::socket::Stream;
 use crate::dgram::handle_datagram;
 use crate::handler::{Handler, MessageHandler, StreamHandler};
 use crate::hooks::Failure;
@@ -23,6 +26,16 @@ pub(crate) fn run_work(work: Work, config: &Config) {
         Work::Conn(conn) => match &config.handler {
             Handler::Stream(h) => run_stream(conn, &**h, config),
             Handler::Message(h) => run_framed(conn, &**h, config),
+            Handler::AsyncStream(h) => {
+                // A blocking strategy: give this thread a small runtime.
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => {
+                        let stop = config.shared.level.subscribe();
+                        rt.block_on(serve_async_stream(conn, &**h, config, stop));
+                    }
+                    Err(e) => config.hooks.error(conn.peer_addr(), Failure::Io(e)),
+                }
+            }
             // Rejected at build time; close the connection if it happens.
             Handler::Datagram(_) => drop(conn),
         },
@@ -39,6 +52,35 @@ pub(crate) fn run_work(work: Work, config: &Config) {
                 &mut ends,
             );
         }
+    }
+}
+
+/// Runs an async stream handler on the current runtime, containing its
+/// errors and panics like every other handler's.
+pub(crate) async fn serve_async_stream(
+    conn: Connection,
+    handler: &dyn DynAsyncStreamHandler,
+    config: &Config,
+    stop: tokio::sync::watch::Receiver<u8>,
+) {
+    use futures_util::FutureExt;
+    let (guard, stream, peer) = conn.into_parts();
+    let converted = stream.set_nonblocking(true).and_then(|()| match stream {
+        Stream::Tcp(s) => tokio::net::TcpStream::from_std(s).map(AsyncStream::Tcp),
+        Stream::Unix(s) => tokio::net::UnixStream::from_std(s).map(AsyncStream::Unix),
+    });
+    let stream = match converted {
+        Ok(s) => s,
+        Err(e) => {
+            config.hooks.error(&peer, Failure::Io(e));
+            return;
+        }
+    };
+    let conn = AsyncConnection::new(guard, stream, peer.clone(), stop);
+    match AssertUnwindSafe(handler.handle_boxed(conn)).catch_unwind().await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => config.hooks.error(&peer, Failure::Handler(e)),
+        Err(p) => config.hooks.error(&peer, Failure::from_panic(p)),
     }
 }
 

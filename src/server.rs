@@ -198,6 +198,12 @@ impl Builder {
         self
     }
 
+    /// Serves each connection with an async stream handler.
+    pub fn async_stream(mut self, handler: impl crate::handler::AsyncStreamHandler) -> Self {
+        self.handler = Some(Handler::async_stream(handler));
+        self
+    }
+
     /// Serves each datagram with a datagram handler.
     pub fn datagram(mut self, handler: impl DatagramHandler) -> Self {
         self.handler = Some(Handler::datagram(handler));
@@ -295,7 +301,7 @@ impl Builder {
         for ep in &endpoints {
             let stream = ep.transport().is_stream();
             match (&handler, stream) {
-                (Handler::Stream(_), false) => {
+                (Handler::Stream(_) | Handler::AsyncStream(_), false) => {
                     return Err(Error::config(format!(
                         "a stream handler cannot serve the datagram socket {ep}"
                     )))
@@ -750,7 +756,7 @@ impl Server {
     /// wait for connections up to the drain timeout (or a forced stop), cut
     /// the rest, stop the engine.
     fn finish_drain(&mut self) {
-        self.shared.stop.trigger();
+        self.shared.begin_stop();
         self.engine.wake();
         // Close listeners now so new clients are refused rather than queued.
         for st in self.sources.drain(..) {
@@ -772,7 +778,8 @@ impl Server {
             }
         }
         if tracker.active() > 0 {
-            self.shared.force.trigger();
+            self.shared.begin_force();
+            self.engine.wake();
             let cut = tracker.cut_all();
             // Give the cut handlers a moment to notice and return.
             tracker.wait_idle(Some(Instant::now() + Duration::from_millis(500)));

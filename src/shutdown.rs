@@ -305,6 +305,8 @@ pub(crate) struct Shared {
     running: Mutex<Option<std::thread::ThreadId>>,
     stopped: Condvar,
     pub(crate) wakers: Mutex<Vec<Waker>>,
+    /// The same state for async code: 0 running, 1 draining, 2 forced.
+    pub(crate) level: tokio::sync::watch::Sender<u8>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -326,7 +328,25 @@ impl Shared {
             running: Mutex::new(None),
             stopped: Condvar::new(),
             wakers: Mutex::new(Vec::new()),
+            level: tokio::sync::watch::channel(0).0,
         })
+    }
+
+    /// Stop accepting and drain.
+    pub(crate) fn begin_stop(&self) {
+        self.stop.trigger();
+        self.level.send_if_modified(|l| {
+            let changed = *l < 1;
+            *l = (*l).max(1);
+            changed
+        });
+    }
+
+    /// Cut everything now.
+    pub(crate) fn begin_force(&self) {
+        self.stop.trigger();
+        self.force.trigger();
+        self.level.send_replace(2);
     }
 
     fn wake_all(&self) {
@@ -384,17 +404,16 @@ impl ShutdownHandle {
     /// the stop (no more draining), like a second Ctrl-C.
     pub fn request(&self) {
         if self.shared.stop.is_triggered() {
-            self.shared.force.trigger();
+            self.shared.begin_force();
         } else {
-            self.shared.stop.trigger();
+            self.shared.begin_stop();
         }
         self.shared.wake_all();
     }
 
     /// Skips draining: cuts every connection now.
     pub fn force(&self) {
-        self.shared.stop.trigger();
-        self.shared.force.trigger();
+        self.shared.begin_force();
         self.shared.wake_all();
     }
 

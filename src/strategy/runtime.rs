@@ -48,13 +48,11 @@ pub(crate) struct AsyncEngine {
     config: Arc<Config>,
     senders: Mutex<Vec<mpsc::UnboundedSender<Job>>>,
     next: AtomicUsize,
-    stop_tx: watch::Sender<u8>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl AsyncEngine {
     pub(crate) fn new(config: Arc<Config>, workers: usize) -> io::Result<AsyncEngine> {
-        let (stop_tx, _) = watch::channel(RUNNING);
         let mut senders = Vec::new();
         let mut threads = Vec::new();
         for i in 0..workers.max(1) {
@@ -63,7 +61,7 @@ impl AsyncEngine {
                 .enable_all()
                 .build()?;
             let config = Arc::clone(&config);
-            let stop_rx = stop_tx.subscribe();
+            let stop_rx = config.shared.level.subscribe();
             let t = std::thread::Builder::new()
                 .name(format!("sockserv-loop-{i}"))
                 .spawn(move || rt.block_on(worker(rx, config, stop_rx)))?;
@@ -74,7 +72,6 @@ impl AsyncEngine {
             config,
             senders: Mutex::new(senders),
             next: AtomicUsize::new(0),
-            stop_tx,
             threads: Mutex::new(threads),
         })
     }
@@ -94,19 +91,8 @@ impl Engine for AsyncEngine {
         self.send(Job::Work(work));
     }
 
-    fn wake(&self) {
-        let level = if self.config.shared.force.is_triggered() {
-            FORCE
-        } else if self.config.shared.stop.is_triggered() {
-            DRAIN
-        } else {
-            RUNNING
-        };
-        self.stop_tx.send_replace(level);
-    }
-
     fn stop(&self, _deadline: Instant) {
-        self.stop_tx.send_replace(FORCE);
+        self.config.shared.level.send_replace(FORCE);
         self.senders
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -181,6 +167,12 @@ fn spawn_work(work: Work, config: &Arc<Config>, stop_rx: &watch::Receiver<u8>) {
                 let session = Session::new(&config.framing, peer);
                 serve_framed(conn, session, &*h, &config, stop).await;
             });
+        }
+        (Work::Conn(conn), Handler::AsyncStream(h)) => {
+            let h = Arc::clone(h);
+            let config = Arc::clone(config);
+            let stop = stop_rx.clone();
+            tokio::spawn(async move { run::serve_async_stream(conn, &*h, &config, stop).await });
         }
         (work, _) => {
             // Stream handlers block: run them where blocking is safe.
@@ -351,7 +343,7 @@ async fn serve_framed(
         hooks: &config.hooks,
     };
     let mut backlog: Vec<u8> = Vec::new();
-    let mut draining = *stop.borrow() != RUNNING;
+    let mut draining = *stop.borrow() >= DRAIN;
     'conn: loop {
         // Write replies the socket could not take yet before reading more.
         if !backlog.is_empty() {

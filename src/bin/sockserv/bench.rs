@@ -13,6 +13,7 @@ use sockserv::bench::{self as lib, BenchConfig, Control, Phase, Progress};
 use sockserv::frame::Framing;
 
 use crate::error::CliError;
+use crate::util::parse_duration;
 
 const AFTER_HELP: &str = "\
 Every request carries a payload unique to its connection and sequence number,
@@ -169,32 +170,6 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Parses `10`, `1.5`, `10s`, `500ms`, `2m`: a number of seconds unless a
-/// unit says otherwise.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = t.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = t.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (t, 1.0)
-    };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("\"{text}\" is not a duration (examples: 10, 10s, 500ms, 2m)"))?;
-    let secs = value * scale;
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
-        return Err(format!("\"{text}\" is not a duration between 0 and 10^9 s"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 /// The live progress bar on stderr: a bar for request-count and duration
 /// runs, with the request rate over the last second.
 struct LiveBar {
@@ -228,7 +203,10 @@ impl LiveBar {
             window: VecDeque::new(),
             connections: config.connections,
             warmup: config.warmup,
-            total_secs: config.effective_duration().unwrap_or_default().as_secs_f64(),
+            total_secs: config
+                .effective_duration()
+                .unwrap_or_default()
+                .as_secs_f64(),
         }
     }
 
@@ -293,7 +271,8 @@ impl LiveBar {
 }
 
 fn spinner_style() -> ProgressStyle {
-    ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner())
+    ProgressStyle::with_template("{spinner} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
 }
 
 fn bar_style(by_requests: bool) -> ProgressStyle {
@@ -305,21 +284,4 @@ fn bar_style(by_requests: bool) -> ProgressStyle {
     ProgressStyle::with_template(template)
         .map(|s| s.progress_chars("=> "))
         .unwrap_or_else(|_| ProgressStyle::default_bar())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_duration;
-    use std::time::Duration;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("-1").is_err());
-    }
 }

@@ -1,0 +1,112 @@
+//! The connection an async stream handler talks to: a tokio stream (TCP or
+//! Unix) with the peer's address and the server's shutdown signal.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+
+use crate::addr::Address;
+use crate::shutdown::TrackGuard;
+
+pub(crate) enum AsyncStream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// One accepted connection for an [`AsyncStreamHandler`](crate::AsyncStreamHandler).
+/// It implements tokio's `AsyncRead` and `AsyncWrite`, so `AsyncReadExt`,
+/// `BufReader` and codecs work on it.
+pub struct AsyncConnection {
+    // Declared first: unregisters the socket before it closes.
+    _guard: TrackGuard,
+    stream: AsyncStream,
+    peer: Address,
+    stop: watch::Receiver<u8>,
+}
+
+impl std::fmt::Debug for AsyncConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncConnection").field("peer", &self.peer).finish()
+    }
+}
+
+impl AsyncConnection {
+    pub(crate) fn new(
+        guard: TrackGuard,
+        stream: AsyncStream,
+        peer: Address,
+        stop: watch::Receiver<u8>,
+    ) -> Self {
+        AsyncConnection {
+            _guard: guard,
+            stream,
+            peer,
+            stop,
+        }
+    }
+
+    /// The client's address.
+    pub fn peer_addr(&self) -> &Address {
+        &self.peer
+    }
+
+    /// Resolves when the server starts shutting down: finish the request
+    /// in hand, reply, and return. (The server cuts the connection at the
+    /// drain deadline regardless.)
+    pub async fn shutdown_requested(&mut self) {
+        while *self.stop.borrow() == 0 {
+            if self.stop.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// True once the server is shutting down.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.stop.borrow() != 0
+    }
+}
+
+impl AsyncRead for AsyncConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            AsyncStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            AsyncStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for AsyncConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().stream {
+            AsyncStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            AsyncStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            AsyncStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            AsyncStream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    /// Half-close: end-of-stream to the client; reading goes on.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            AsyncStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            AsyncStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The async engine: async stream handlers, and thousands of connections.
+
+use std::time::{Duration, Instant};
+
+use sockserv::handlers::Echo;
+use sockserv::{AsyncConnection, AsyncStreamHandler, HandlerResult, Server, Strategy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct AsyncEcho;
+
+impl AsyncStreamHandler for AsyncEcho {
+    async fn handle(&self, mut conn: AsyncConnection) -> HandlerResult {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = conn.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            conn.write_all(&buf[..n]).await?;
+        }
+    }
+}
+
+#[test]
+fn an_async_stream_handler_runs_under_every_strategy() {
+    for strategy in [
+        Strategy::Async { workers: 2 },
+        Strategy::Threads,
+        Strategy::Pool {
+            workers: 2,
+            queue: 4,
+        },
+        Strategy::Sequential,
+    ] {
+        let server = Server::builder()
+            .listen("tcp://127.0.0.1:0")
+            .strategy(strategy)
+            .async_stream(AsyncEcho)
+            .bind()
+            .unwrap();
+        let ep = server.local_endpoint().clone();
+        let handle = server.shutdown_handle();
+        let serving = std::thread::spawn(move || server.serve_forever());
+        for i in 0..3 {
+            let mut c = sockserv::Client::connect(&ep, sockserv::frame::Framing::line()).unwrap();
+            c.set_timeout(Some(Duration::from_secs(10))).unwrap();
+            let msg = format!("hello {i} via {strategy}");
+            assert_eq!(c.request(msg.as_bytes()).unwrap(), msg.as_bytes());
+        }
+        let t = Instant::now();
+        handle.shutdown();
+        assert!(t.elapsed() < Duration::from_secs(5));
+        serving.join().unwrap().unwrap();
+    }
+}
+
+#[test]
+fn five_thousand_concurrent_connections_all_get_their_echo() {
+    const N: usize = 5_000;
+    let server = Server::builder()
+        .listen("tcp://127.0.0.1:0")
+        .strategy(Strategy::Async { workers: 2 })
+        .message(Echo)
+        .bind()
+        .unwrap();
+    let addr = server.local_endpoint().resolve().unwrap()[0];
+    let handle = server.shutdown_handle();
+    let serving = std::thread::spawn(move || server.serve_forever());
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ok = rt.block_on(async move {
+        // Connect everything first, so all 5,000 are open at once.
+        let mut conns = Vec::with_capacity(N);
+        for _ in 0..N {
+            conns.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let mut tasks = Vec::with_capacity(N);
+        for (i, mut c) in conns.into_iter().enumerate() {
+            tasks.push(tokio::spawn(async move {
+                let msg = format!("message {i:05}");
+                c.write_all(msg.as_bytes()).await.unwrap();
+                let mut got = vec![0u8; msg.len()];
+                c.read_exact(&mut got).await.unwrap();
+                got == msg.as_bytes()
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            if tokio::time::timeout(Duration::from_secs(60), t)
+                .await
+                .expect("a connection got no echo within 60 s")
+                .unwrap()
+            {
+                ok += 1;
+            }
+        }
+        ok
+    });
+    assert_eq!(ok, N);
+    handle.shutdown();
+    serving.join().unwrap().unwrap();
+}
