@@ -11,7 +11,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::addr::Address;
-use crate::frame::{Codec, Decoded, Decoder, Framing, OnOversize};
+use crate::frame::{Codec, Decoded, Decoder, FrameError, Framing, OnOversize};
 use crate::handler::{MessageHandler, Reply};
 use crate::hooks::{Failure, Hooks};
 
@@ -153,8 +153,11 @@ impl Session {
                 }
                 Decoded::TooLong { consumed, error } => {
                     pos += consumed;
+                    // A corrupt length cannot be skipped (nobody knows where
+                    // the next frame starts): close under either policy.
+                    let corrupt = matches!(error, FrameError::BadLength(_));
                     ctx.hooks.error(peer, Failure::Frame(error));
-                    if on_oversize == OnOversize::Close {
+                    if on_oversize == OnOversize::Close || corrupt {
                         return (pos, Flow::Close);
                     }
                 }
