@@ -63,7 +63,10 @@ fn main() -> std::io::Result<()> {
     drop(conn);
     client.join().expect("client thread")?;
 
-    println!("two writes, one read of {n} bytes: {:?}", String::from_utf8_lossy(got));
+    println!(
+        "two writes, one read of {n} bytes: {:?}",
+        String::from_utf8_lossy(got)
+    );
     let raw = frames(&Framing::raw(), got);
     let line = frames(&Framing::line(), got);
     println!("raw framing  -> {} message(s): {raw:?}", raw.len());

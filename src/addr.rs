@@ -212,7 +212,9 @@ fn parse_host_port(input: &str, rest: &str) -> Result<HostPort, ParseEndpointErr
         (host, port)
     };
     if host.is_empty() {
-        return Err(err("the host is empty (use 0.0.0.0 or [::] for all addresses)"));
+        return Err(err(
+            "the host is empty (use 0.0.0.0 or [::] for all addresses)",
+        ));
     }
     if host.chars().any(|c| c.is_whitespace() || c == '/') {
         return Err(err("the host has characters no host name can have"));

@@ -29,7 +29,9 @@ pub struct AsyncConnection {
 
 impl std::fmt::Debug for AsyncConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsyncConnection").field("peer", &self.peer).finish()
+        f.debug_struct("AsyncConnection")
+            .field("peer", &self.peer)
+            .finish()
     }
 }
 

@@ -58,7 +58,11 @@ impl Client {
             Endpoint::Udp(_) => {
                 let addrs = endpoint.resolve().map_err(|e| Error::socket(action(), e))?;
                 let addr = addrs[0];
-                let local = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+                let local = if addr.is_ipv4() {
+                    "0.0.0.0:0"
+                } else {
+                    "[::]:0"
+                };
                 let s = UdpSocket::bind(local).map_err(|e| Error::socket(action(), e))?;
                 s.connect(addr).map_err(|e| Error::socket(action(), e))?;
                 Conn::Udp(s)

@@ -29,6 +29,9 @@ use crate::socket::Stream;
 /// sending (an oversized frame, say) hold the connection open.
 pub(crate) const LINGER_BUDGET: usize = 256 * 1024;
 
+/// How long a lingering close waits once the server is shutting down.
+pub(crate) const DRAIN_LINGER: Duration = Duration::from_millis(100);
+
 /// One accepted stream connection (TCP or Unix).
 pub struct Connection {
     // Fields drop in declaration order: the guard unregisters the socket
@@ -144,7 +147,12 @@ impl Connection {
             } else {
                 Some(&self.shared.force)
             };
-            match wait_fd(self.stream.as_raw_fd(), libc::POLLIN, signal, self.read_timeout)? {
+            match wait_fd(
+                self.stream.as_raw_fd(),
+                libc::POLLIN,
+                signal,
+                self.read_timeout,
+            )? {
                 Wake::Ready => continue,
                 Wake::Signal => return Ok(0),
                 Wake::Timeout => {
@@ -189,7 +197,7 @@ impl Connection {
     /// not read yet.
     pub(crate) fn linger_close(self, linger: Duration) {
         let _ = self.stream.shutdown(Shutdown::Write);
-        let deadline = std::time::Instant::now() + linger;
+        let mut deadline = std::time::Instant::now() + linger;
         let mut sink = [0u8; 4096];
         let mut budget = LINGER_BUDGET;
         loop {
@@ -204,17 +212,29 @@ impl Connection {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             }
+            // While the server drains, a client that neither reads nor
+            // closes must not hold the shutdown for the whole linger time:
+            // it gets a short grace once the stop signal is up.
+            let stopping = self.shared.stop.is_triggered();
+            if stopping {
+                deadline = deadline.min(std::time::Instant::now() + DRAIN_LINGER);
+            }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 break;
             }
+            let signal = if stopping {
+                &self.shared.force
+            } else {
+                &self.shared.stop
+            };
             match wait_fd(
                 self.stream.as_raw_fd(),
                 libc::POLLIN,
-                Some(&self.shared.force),
+                Some(signal),
                 Some(left),
             ) {
-                Ok(Wake::Ready) => continue,
+                Ok(Wake::Ready) | Ok(Wake::Signal) if !self.shared.force.is_triggered() => continue,
                 _ => break,
             }
         }

@@ -48,9 +48,7 @@ impl DgramSocket {
     pub(crate) fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, Address)> {
         match self {
             DgramSocket::Udp(s) => s.recv_from(buf).map(|(n, a)| (n, Address::Inet(a))),
-            DgramSocket::Unix(s) => s
-                .recv_from(buf)
-                .map(|(n, a)| (n, Address::from_unix(&a))),
+            DgramSocket::Unix(s) => s.recv_from(buf).map(|(n, a)| (n, Address::from_unix(&a))),
         }
     }
 

@@ -100,11 +100,17 @@ pub trait AsyncStreamHandler: Send + Sync + 'static {
 
 /// The object-safe form the server stores.
 pub(crate) trait DynAsyncStreamHandler: Send + Sync + 'static {
-    fn handle_boxed(&self, conn: AsyncConnection) -> Pin<Box<dyn Future<Output = HandlerResult> + Send + '_>>;
+    fn handle_boxed(
+        &self,
+        conn: AsyncConnection,
+    ) -> Pin<Box<dyn Future<Output = HandlerResult> + Send + '_>>;
 }
 
 impl<T: AsyncStreamHandler> DynAsyncStreamHandler for T {
-    fn handle_boxed(&self, conn: AsyncConnection) -> Pin<Box<dyn Future<Output = HandlerResult> + Send + '_>> {
+    fn handle_boxed(
+        &self,
+        conn: AsyncConnection,
+    ) -> Pin<Box<dyn Future<Output = HandlerResult> + Send + '_>> {
         Box::pin(self.handle(conn))
     }
 }

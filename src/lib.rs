@@ -69,7 +69,8 @@ pub use conn::Connection;
 pub use dgram::{DgramSocket, MAX_DATAGRAM};
 pub use error::Error;
 pub use handler::{
-    AsyncStreamHandler, DatagramHandler, Handler, HandlerResult, MessageHandler, Reply, StreamHandler,
+    AsyncStreamHandler, DatagramHandler, Handler, HandlerResult, MessageHandler, Reply,
+    StreamHandler,
 };
 pub use hooks::Failure;
 pub use server::{Builder, Handled, Limits, OverLimit, Server};

@@ -51,7 +51,8 @@ impl Batch {
                 iov[i].iov_len = SLOT;
                 msgs[i].msg_hdr.msg_iov = &mut iov[i];
                 msgs[i].msg_hdr.msg_iovlen = 1;
-                msgs[i].msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+                msgs[i].msg_hdr.msg_name =
+                    (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
                 msgs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
             }
             let n = libc::recvmmsg(
@@ -117,7 +118,8 @@ impl Batch {
                     let len = to_storage(&self.out_dest[i], &mut names[k]);
                     msgs[k].msg_hdr.msg_iov = &mut iov[k];
                     msgs[k].msg_hdr.msg_iovlen = 1;
-                    msgs[k].msg_hdr.msg_name = (&mut names[k] as *mut libc::sockaddr_storage).cast();
+                    msgs[k].msg_hdr.msg_name =
+                        (&mut names[k] as *mut libc::sockaddr_storage).cast();
                     msgs[k].msg_hdr.msg_namelen = len;
                 }
                 libc::sendmmsg(fd, msgs.as_mut_ptr(), count as u32, libc::MSG_DONTWAIT)
@@ -186,7 +188,8 @@ fn to_storage(addr: &SocketAddr, s: &mut libc::sockaddr_storage) -> libc::sockle
     match addr {
         SocketAddr::V4(a) => {
             // SAFETY: sockaddr_storage is large enough for sockaddr_in.
-            let sin = unsafe { &mut *(s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let sin =
+                unsafe { &mut *(s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             sin.sin_family = libc::AF_INET as libc::sa_family_t;
             sin.sin_port = a.port().to_be();
             sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
@@ -194,7 +197,8 @@ fn to_storage(addr: &SocketAddr, s: &mut libc::sockaddr_storage) -> libc::sockle
         }
         SocketAddr::V6(a) => {
             // SAFETY: sockaddr_storage is large enough for sockaddr_in6.
-            let sin = unsafe { &mut *(s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let sin =
+                unsafe { &mut *(s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
             sin.sin6_family = libc::AF_INET6 as libc::sa_family_t;
             sin.sin6_port = a.port().to_be();
             sin.sin6_addr.s6_addr = a.ip().octets();

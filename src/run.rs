@@ -8,13 +8,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::async_conn::{AsyncConnection, AsyncStream};
 use crate::conn::Connection;
-use crate::handler::DynAsyncStreamHandler;
-use crate::socket::Stream;
 use crate::dgram::handle_datagram;
+use crate::handler::DynAsyncStreamHandler;
 use crate::handler::{Handler, MessageHandler, StreamHandler};
 use crate::hooks::Failure;
 use crate::server::Config;
 use crate::session::{Ctx, Flow, Session};
+use crate::socket::Stream;
 use crate::strategy::Work;
 
 /// Read buffer of a blocking framed connection.
@@ -28,7 +28,10 @@ pub(crate) fn run_work(work: Work, config: &Config) {
             Handler::Message(h) => run_framed(conn, &**h, config),
             Handler::AsyncStream(h) => {
                 // A blocking strategy: give this thread a small runtime.
-                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(rt) => {
                         let stop = config.shared.level.subscribe();
                         rt.block_on(serve_async_stream(conn, &**h, config, stop));
@@ -77,7 +80,10 @@ pub(crate) async fn serve_async_stream(
         }
     };
     let conn = AsyncConnection::new(guard, stream, peer.clone(), stop);
-    match AssertUnwindSafe(handler.handle_boxed(conn)).catch_unwind().await {
+    match AssertUnwindSafe(handler.handle_boxed(conn))
+        .catch_unwind()
+        .await
+    {
         Ok(Ok(())) => {}
         Ok(Err(e)) => config.hooks.error(&peer, Failure::Handler(e)),
         Err(p) => config.hooks.error(&peer, Failure::from_panic(p)),

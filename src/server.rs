@@ -251,10 +251,7 @@ impl Builder {
     /// `handle_error`: called with the peer and what failed whenever a
     /// handler errs or panics, or a peer breaks the framing. The server
     /// keeps serving. The default logs one line.
-    pub fn handle_error(
-        mut self,
-        f: impl Fn(&Address, &Failure) + Send + Sync + 'static,
-    ) -> Self {
+    pub fn handle_error(mut self, f: impl Fn(&Address, &Failure) + Send + Sync + 'static) -> Self {
         self.hooks.handle_error = Arc::new(f);
         self
     }
@@ -288,9 +285,9 @@ impl Builder {
 
     /// Opens every listener and starts the strategy's workers.
     pub fn bind(self) -> Result<Server, Error> {
-        let handler = self
-            .handler
-            .ok_or_else(|| Error::config("no handler: call .stream(), .message() or .datagram()"))?;
+        let handler = self.handler.ok_or_else(|| {
+            Error::config("no handler: call .stream(), .message() or .datagram()")
+        })?;
         if self.endpoints.is_empty() {
             return Err(Error::config("no address to listen on: call .listen(ADDR)"));
         }
@@ -316,7 +313,9 @@ impl Builder {
         }
         let strategy = self.strategy.resolve();
         match strategy {
-            Strategy::Pool { workers: 0, .. } | Strategy::Async { workers: 0 } => {
+            Strategy::Pool { workers: 0, .. }
+            | Strategy::Async { workers: 0 }
+            | Strategy::AsyncMultiThread { workers: 0 } => {
                 return Err(Error::config("a strategy needs at least one worker"))
             }
             Strategy::Pool { queue: 0, .. } => {
@@ -360,8 +359,11 @@ impl Builder {
                 _ => false,
             };
             if !adopted {
-                poll.registry()
-                    .register(&mut SourceFd(&source.raw_fd()), Token(i), Interest::READABLE)?;
+                poll.registry().register(
+                    &mut SourceFd(&source.raw_fd()),
+                    Token(i),
+                    Interest::READABLE,
+                )?;
             }
             sources.push(ListenerState {
                 source,
@@ -392,7 +394,10 @@ enum Source {
     Tcp(std::net::TcpListener),
     Unix(std::os::unix::net::UnixListener, socket::PathGuard),
     /// The path guard removes a Unix datagram socket's file on close.
-    Dgram(Arc<DgramSocket>, #[allow(dead_code)] Option<socket::PathGuard>),
+    Dgram(
+        Arc<DgramSocket>,
+        #[allow(dead_code)] Option<socket::PathGuard>,
+    ),
 }
 
 impl Source {
@@ -661,10 +666,7 @@ impl Server {
                 Ok(work) => {
                     let st = &mut self.sources[i];
                     if st.error_burst > 0 {
-                        tracing::info!(
-                            "accepting again after {} failed attempts",
-                            st.error_burst
-                        );
+                        tracing::info!("accepting again after {} failed attempts", st.error_burst);
                     }
                     st.retry_at = None;
                     st.error_burst = 0;
@@ -726,7 +728,10 @@ impl Server {
             Source::Dgram(..) => return,
         };
         if let Ok(stream) = accepted {
-            tracing::info!("refused a connection: at the limit of {} connections", self.config.limits.max_connections.unwrap_or(0));
+            tracing::info!(
+                "refused a connection: at the limit of {} connections",
+                self.config.limits.max_connections.unwrap_or(0)
+            );
             self.send_refusal(&stream);
         }
     }
@@ -790,6 +795,7 @@ impl Server {
                 );
             }
         }
-        self.engine.stop(Instant::now() + Duration::from_millis(500));
+        self.engine
+            .stop(Instant::now() + Duration::from_millis(500));
     }
 }

@@ -108,7 +108,7 @@ impl Session {
             return Flow::Continue;
         }
         let pending = std::mem::take(&mut self.pending);
-        let flow = match self.codec.decode_eof(&pending) {
+        match self.codec.decode_eof(&pending) {
             Some((start, end)) => Self::call(
                 &self.codec,
                 &self.peer,
@@ -117,8 +117,7 @@ impl Session {
                 out,
             ),
             None => Flow::Continue,
-        };
-        flow
+        }
     }
 
     #[inline]

@@ -146,7 +146,9 @@ pub(crate) struct Tracker {
 
 impl std::fmt::Debug for Tracker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tracker").field("active", &self.active()).finish()
+        f.debug_struct("Tracker")
+            .field("active", &self.active())
+            .finish()
     }
 }
 
@@ -180,7 +182,11 @@ impl Tracker {
 
     /// Open connections (work with a socket of its own).
     pub(crate) fn connections(&self) -> usize {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).sockets.len()
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sockets
+            .len()
     }
 
     /// Open connections from one peer address.
@@ -254,11 +260,7 @@ pub(crate) struct TrackGuard {
 
 impl Drop for TrackGuard {
     fn drop(&mut self) {
-        let mut st = self
-            .tracker
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut st = self.tracker.state.lock().unwrap_or_else(|p| p.into_inner());
         st.active -= 1;
         st.sockets.remove(&self.id);
         if let Some(ip) = self.ip {
@@ -357,8 +359,7 @@ impl Shared {
 
     /// Marks the serving thread as running; the guard marks it stopped.
     pub(crate) fn enter_serving(self: &Arc<Self>) -> ServingGuard {
-        *self.running.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(std::thread::current().id());
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::thread::current().id());
         ServingGuard {
             shared: Arc::clone(self),
         }
@@ -372,7 +373,11 @@ pub(crate) struct ServingGuard {
 
 impl Drop for ServingGuard {
     fn drop(&mut self) {
-        *self.shared.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self
+            .shared
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         self.shared.stopped.notify_all();
     }
 }
@@ -387,7 +392,11 @@ impl ShutdownHandle {
     /// Python's `shutdown()` does there.
     pub fn shutdown(&self) {
         self.request();
-        let mut running = self.shared.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut running = self
+            .shared
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         while let Some(id) = *running {
             if id == std::thread::current().id() {
                 return;

@@ -142,11 +142,7 @@ fn apply_common(sock: &Socket, addr: &SocketAddr, opts: &SocketOptions) -> io::R
     Ok(())
 }
 
-fn bind_inet(
-    endpoint: &Endpoint,
-    addr: SocketAddr,
-    opts: &SocketOptions,
-) -> io::Result<Listener> {
+fn bind_inet(endpoint: &Endpoint, addr: SocketAddr, opts: &SocketOptions) -> io::Result<Listener> {
     let stream = endpoint.transport() == Transport::Tcp;
     let (ty, proto) = if stream {
         (Type::STREAM, Protocol::TCP)

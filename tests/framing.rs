@@ -81,8 +81,14 @@ impl Stream {
 
     fn split(&self) -> (Box<dyn Write + Send>, Box<dyn Read + Send>) {
         match self {
-            Stream::Tcp(s) => (Box::new(s.try_clone().unwrap()), Box::new(s.try_clone().unwrap())),
-            Stream::Unix(s) => (Box::new(s.try_clone().unwrap()), Box::new(s.try_clone().unwrap())),
+            Stream::Tcp(s) => (
+                Box::new(s.try_clone().unwrap()),
+                Box::new(s.try_clone().unwrap()),
+            ),
+            Stream::Unix(s) => (
+                Box::new(s.try_clone().unwrap()),
+                Box::new(s.try_clone().unwrap()),
+            ),
         }
     }
 }
@@ -135,7 +141,10 @@ fn run_segmentation(ep: Endpoint, strategy: Strategy, nodelay: bool, seed: u64) 
     for (i, f) in frames.iter().enumerate() {
         line.clear();
         let n = reader.read_until(b'\n', &mut line).unwrap();
-        assert!(n > 0, "{strategy} nodelay={nodelay}: connection closed after {i} replies");
+        assert!(
+            n > 0,
+            "{strategy} nodelay={nodelay}: connection closed after {i} replies"
+        );
         assert_eq!(line.pop(), Some(b'\n'));
         assert_eq!(&line, f, "{strategy} nodelay={nodelay}: reply {i} differs");
     }
@@ -314,7 +323,8 @@ fn oversize_case(mode: &str, policy: &str) {
 
     let addr = ep.resolve().unwrap()[0];
     let mut big = TcpStream::connect(addr).unwrap();
-    big.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    big.set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let total = 100 * 1024 * 1024;
     let sent = send_huge_line(&mut big, total);
     let peak = server.rss_kib();

@@ -16,7 +16,7 @@
 //! connection then closes or skips to the next frame boundary is the driver's
 //! choice ([`OnOversize`]).
 //!
-//! Codecs live one per file: [`line`] (and CRLF), [`delimiter`],
+//! Codecs live one per file: [`line`](mod@line) (and CRLF), [`delimiter`],
 //! [`length`] (length field), [`fixed`] and [`raw`]. [`Framing`] is the
 //! value users pick (also parsed from the CLI's `--framing` text by
 //! [`spec`]); [`Codec`] is one instance of it for one connection.
@@ -146,22 +146,34 @@ pub enum FrameError {
     /// A frame to encode does not have the fixed codec's size.
     WrongSize { len: usize, expected: usize },
     /// A length that cannot be represented in the length field, or a decoded
-    /// length that is invalid after adjustment.
+    /// length that is invalid after adjustment. When decoding, the stream
+    /// cannot be resynchronised after it: the length codec drops all further
+    /// input, so a driver should close the connection whatever its
+    /// [`OnOversize`] policy.
     BadLength(String),
 }
 
 impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FrameError::TooLong { len: Some(len), max } => {
-                write!(f, "frame of {len} bytes exceeds the maximum frame size of {max} bytes")
+            FrameError::TooLong {
+                len: Some(len),
+                max,
+            } => {
+                write!(
+                    f,
+                    "frame of {len} bytes exceeds the maximum frame size of {max} bytes"
+                )
             }
             FrameError::TooLong { len: None, max } => {
                 write!(f, "frame exceeds the maximum frame size of {max} bytes")
             }
             FrameError::DelimiterInFrame => write!(f, "frame contains its own delimiter"),
             FrameError::WrongSize { len, expected } => {
-                write!(f, "frame of {len} bytes does not match the fixed size of {expected} bytes")
+                write!(
+                    f,
+                    "frame of {len} bytes does not match the fixed size of {expected} bytes"
+                )
             }
             FrameError::BadLength(msg) => write!(f, "invalid length field: {msg}"),
         }

@@ -108,7 +108,12 @@ pub enum Builtin {
 
 impl Builtin {
     /// Every built-in, for help texts.
-    pub const ALL: [Builtin; 4] = [Builtin::Echo, Builtin::Upper, Builtin::Discard, Builtin::Daytime];
+    pub const ALL: [Builtin; 4] = [
+        Builtin::Echo,
+        Builtin::Upper,
+        Builtin::Discard,
+        Builtin::Daytime,
+    ];
 
     /// The handler for a socket of the given kind.
     pub fn handler(self, stream: bool) -> Handler {

@@ -50,6 +50,14 @@ pub enum Strategy {
         /// Event-loop threads (at least 1).
         workers: usize,
     },
+    /// Async on one tokio multi-thread (work-stealing) runtime with
+    /// `workers` threads: the layout of a hand-written tokio server. Same
+    /// handlers and connection code as [`Strategy::Async`]; only the
+    /// scheduling differs.
+    AsyncMultiThread {
+        /// Runtime worker threads (at least 1).
+        workers: usize,
+    },
     /// Chosen by [`Strategy::default_for_machine`] at build time:
     /// async with one loop per core.
     #[default]
@@ -85,7 +93,8 @@ impl Strategy {
     }
 }
 
-pub(crate) fn cores() -> usize {
+/// The number of CPUs this process may use (2 if unknown).
+pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
@@ -94,8 +103,11 @@ impl fmt::Display for Strategy {
         match self {
             Strategy::Sequential => f.write_str("sequential"),
             Strategy::Threads => f.write_str("threads"),
-            Strategy::Pool { workers, queue } => write!(f, "pool({workers} workers, queue {queue})"),
+            Strategy::Pool { workers, queue } => {
+                write!(f, "pool({workers} workers, queue {queue})")
+            }
             Strategy::Async { workers } => write!(f, "async({workers} loops)"),
+            Strategy::AsyncMultiThread { workers } => write!(f, "async-mt({workers} threads)"),
             Strategy::Auto => f.write_str("auto"),
         }
     }
@@ -111,9 +123,10 @@ impl FromStr for Strategy {
             "threads" => Ok(Strategy::Threads),
             "pool" => Ok(Strategy::pool()),
             "async" => Ok(Strategy::async_per_core()),
+            "async-mt" => Ok(Strategy::AsyncMultiThread { workers: cores() }),
             "auto" => Ok(Strategy::Auto),
             _ => Err(format!(
-                "unknown mode \"{s}\": expected sequential, threads, pool or async"
+                "unknown mode \"{s}\": expected sequential, threads, pool, async or async-mt"
             )),
         }
     }
@@ -159,6 +172,9 @@ pub(crate) fn engine(strategy: Strategy, config: &Arc<Config>) -> std::io::Resul
             Box::new(pool::Pool::new(Arc::clone(config), workers, queue)?)
         }
         Strategy::Async { workers } => Box::new(AsyncEngine::new(Arc::clone(config), workers)?),
+        Strategy::AsyncMultiThread { workers } => {
+            Box::new(AsyncEngine::multi_thread(Arc::clone(config), workers)?)
+        }
         Strategy::Auto => unreachable!("resolved above"),
     })
 }

@@ -49,9 +49,36 @@ pub(crate) struct AsyncEngine {
     senders: Mutex<Vec<mpsc::UnboundedSender<Job>>>,
     next: AtomicUsize,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// The work-stealing layout's runtime (none in the loop-per-thread one).
+    shared_rt: Mutex<Option<tokio::runtime::Runtime>>,
 }
 
 impl AsyncEngine {
+    /// The work-stealing layout: one tokio multi-thread runtime with
+    /// `workers` threads; connections are spawned onto it and any idle
+    /// worker may steal them.
+    pub(crate) fn multi_thread(config: Arc<Config>, workers: usize) -> io::Result<AsyncEngine> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers.max(1))
+            .thread_name("sockserv-mt")
+            .enable_all()
+            .build()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stop_rx = config.shared.level.subscribe();
+        rt.spawn(worker(rx, Arc::clone(&config), stop_rx));
+        Ok(AsyncEngine {
+            config,
+            senders: Mutex::new(vec![tx]),
+            next: AtomicUsize::new(0),
+            threads: Mutex::new(Vec::new()),
+            shared_rt: Mutex::new(Some(rt)),
+        })
+    }
+
+    /// The loop-per-thread layout: `workers` threads, each running its own
+    /// current-thread runtime; connections are dealt to them round-robin and
+    /// stay on their loop for life (no work stealing, no cross-thread
+    /// wake-ups on the per-message path).
     pub(crate) fn new(config: Arc<Config>, workers: usize) -> io::Result<AsyncEngine> {
         let mut senders = Vec::new();
         let mut threads = Vec::new();
@@ -64,7 +91,12 @@ impl AsyncEngine {
             let stop_rx = config.shared.level.subscribe();
             let t = std::thread::Builder::new()
                 .name(format!("sockserv-loop-{i}"))
-                .spawn(move || rt.block_on(worker(rx, config, stop_rx)))?;
+                .spawn(move || {
+                    rt.block_on(worker(rx, config, stop_rx));
+                    // Blocking handlers that ignore their cut sockets must
+                    // not hold the server's shutdown: leave them behind.
+                    rt.shutdown_background();
+                })?;
             senders.push(tx);
             threads.push(t);
         }
@@ -73,6 +105,7 @@ impl AsyncEngine {
             senders: Mutex::new(senders),
             next: AtomicUsize::new(0),
             threads: Mutex::new(threads),
+            shared_rt: Mutex::new(None),
         })
     }
 
@@ -104,6 +137,14 @@ impl Engine for AsyncEngine {
             .drain(..)
         {
             let _ = t.join();
+        }
+        if let Some(rt) = self
+            .shared_rt
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            rt.shutdown_background();
         }
     }
 
@@ -205,7 +246,7 @@ impl AsyncConn {
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         use std::io::Read;
         loop {
-            match (&*self.io.get_ref()).read(buf) {
+            match self.io.get_ref().read(buf) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => return r,
             }
@@ -215,7 +256,7 @@ impl AsyncConn {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         use std::io::Write;
         loop {
-            match (&*self.io.get_ref()).write(buf) {
+            match self.io.get_ref().write(buf) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => return r,
             }
@@ -242,7 +283,18 @@ impl AsyncConn {
     async fn linger_close(self, config: &Config) {
         let _ = self.io.get_ref().shutdown(std::net::Shutdown::Write);
         let linger = config.limits.linger;
-        let _ = tokio::time::timeout(linger, async {
+        let mut stop = config.shared.level.subscribe();
+        let drained = async move {
+            // While the server drains, a client that neither reads nor
+            // closes gets only a short grace (see conn::DRAIN_LINGER).
+            while *stop.borrow() == RUNNING {
+                if stop.changed().await.is_err() {
+                    break;
+                }
+            }
+            tokio::time::sleep(crate::conn::DRAIN_LINGER).await;
+        };
+        let read_until_close = tokio::time::timeout(linger, async {
             let mut sink = [0u8; 1024];
             let mut budget = crate::conn::LINGER_BUDGET;
             loop {
@@ -259,8 +311,11 @@ impl AsyncConn {
                     Err(_) => return,
                 }
             }
-        })
-        .await;
+        });
+        tokio::select! {
+            _ = read_until_close => {}
+            _ = drained => {}
+        }
     }
 }
 
@@ -350,9 +405,9 @@ async fn serve_framed(
             let data = std::mem::take(&mut backlog);
             let write = conn.write_all(&data);
             let res = match config.limits.write_timeout {
-                Some(t) => tokio::time::timeout(t, write)
-                    .await
-                    .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"))),
+                Some(t) => tokio::time::timeout(t, write).await.unwrap_or_else(|_| {
+                    Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"))
+                }),
                 None => write.await,
             };
             if let Err(e) = res {
@@ -453,7 +508,9 @@ fn serve_udp_batch(
         if !config.hooks.verify(&peer) {
             continue;
         }
-        if crate::dgram::call_handler(&config.handler, &config.hooks, data, &peer, out, ends) && !ends.is_empty() {
+        if crate::dgram::call_handler(&config.handler, &config.hooks, data, &peer, out, ends)
+            && !ends.is_empty()
+        {
             let (o, e) = (std::mem::take(out), std::mem::take(ends));
             batch.queue(&o, &e, from);
             *out = o;
@@ -469,7 +526,11 @@ fn serve_udp_batch(
 
 /// Serves a datagram socket inside the loop: receive every datagram that
 /// is waiting, answer each, then wait again.
-async fn serve_datagrams(sock: Arc<DgramSocket>, config: Arc<Config>, mut stop: watch::Receiver<u8>) {
+async fn serve_datagrams(
+    sock: Arc<DgramSocket>,
+    config: Arc<Config>,
+    mut stop: watch::Receiver<u8>,
+) {
     struct Fd(Arc<DgramSocket>);
     impl AsRawFd for Fd {
         fn as_raw_fd(&self) -> RawFd {
@@ -481,14 +542,16 @@ async fn serve_datagrams(sock: Arc<DgramSocket>, config: Arc<Config>, mut stop: 
     }
     // SAFETY: the Arc keeps the socket (and its descriptor) alive for as
     // long as the AsyncFd holds it.
-    let afd = match unsafe { AsyncFd::register_with_interest(Fd(Arc::clone(&sock)), Interest::READABLE) } {
-        Ok(a) => a,
-        Err(e) => {
-            let e: io::Error = e.into();
-            tracing::error!("cannot serve datagrams: {e}");
-            return;
-        }
-    };
+    let afd =
+        match unsafe { AsyncFd::register_with_interest(Fd(Arc::clone(&sock)), Interest::READABLE) }
+        {
+            Ok(a) => a,
+            Err(e) => {
+                let e: io::Error = e.into();
+                tracing::error!("cannot serve datagrams: {e}");
+                return;
+            }
+        };
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut out = Vec::new();
     let mut ends = Vec::new();

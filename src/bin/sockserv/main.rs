@@ -43,7 +43,8 @@ fn one_line_usage(rendered: &str) -> String {
     let mut parts = Vec::new();
     for line in rendered.lines() {
         let line = line.trim();
-        if line.is_empty() || line.starts_with("Usage:") || line.starts_with("For more information") {
+        if line.is_empty() || line.starts_with("Usage:") || line.starts_with("For more information")
+        {
             continue;
         }
         if line.starts_with("tip:") {

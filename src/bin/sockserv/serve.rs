@@ -33,9 +33,10 @@ pub struct ServeArgs {
     #[arg(long, default_value = "upper", value_parser = parse_builtin)]
     handler: Builtin,
 
-    /// Concurrency: async (an event loop per core), threads (one per
-    /// connection), pool (bounded worker pool), sequential (one at a time).
-    #[arg(long, default_value = "async", value_parser = ["async", "threads", "pool", "sequential"])]
+    /// Concurrency: async (an event loop per core), async-mt (one tokio
+    /// work-stealing runtime), threads (one per connection), pool (bounded
+    /// worker pool), sequential (one at a time).
+    #[arg(long, default_value = "async", value_parser = ["async", "async-mt", "threads", "pool", "sequential"])]
     mode: String,
 
     /// Worker threads for pool and async modes (default: pool 16 per core,
@@ -143,8 +144,15 @@ fn strategy(args: &ServeArgs) -> Strategy {
             let queue = args.queue.map_or(queue.max(workers * 4), |q| q as usize);
             Strategy::Pool { workers, queue }
         }
+        "async-mt" => Strategy::AsyncMultiThread {
+            workers: args
+                .workers
+                .map_or_else(sockserv::strategy::cores, |w| w as usize),
+        },
         _ => match args.workers {
-            Some(w) => Strategy::Async { workers: w as usize },
+            Some(w) => Strategy::Async {
+                workers: w as usize,
+            },
             None => Strategy::async_per_core(),
         },
     }
@@ -182,7 +190,10 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         } else {
             OverLimit::Wait
         },
-        limit_message: args.limit_message.as_ref().map(|m| format!("{m}\n").into_bytes()),
+        limit_message: args
+            .limit_message
+            .as_ref()
+            .map(|m| format!("{m}\n").into_bytes()),
         ..Limits::default()
     };
     let strategy = strategy(&args);
