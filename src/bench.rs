@@ -21,10 +21,13 @@
 //! - **Closed or open loop.** By default each connection keeps `pipeline`
 //!   requests in flight and sends a new one as soon as a reply arrives
 //!   (closed loop: throughput ≈ connections × pipeline ÷ round-trip time).
-//!   With a `rate`, requests are *scheduled* at fixed intervals and latency
-//!   is measured from the scheduled time, not the actual send time, so a
-//!   server that stalls is charged for the requests it delayed (no
-//!   "coordinated omission").
+//!   With a `rate`, requests are *scheduled* at fixed intervals; a request
+//!   that is due while its connection already has `pipeline` requests in
+//!   flight waits for a reply, and its latency is measured from the time it
+//!   was due, not from when it could be sent, so a server that stalls is
+//!   charged for the requests it delayed (no "coordinated omission"). A
+//!   request that had a free slot is timed from its actual send, so the
+//!   timer's 1 ms granularity is not charged to the server.
 //!
 //! The client is a single-threaded tokio runtime by default, like the
 //! reference client the project's measurements were made with: on a 2-core
@@ -272,6 +275,9 @@ pub struct Report {
     /// The open-loop rate, if any (requests per second over all connections).
     pub rate: Option<f64>,
     pub warmup: Duration,
+    /// How long opening the connections took (before any load; a server
+    /// with a short listen backlog makes this long).
+    pub connect_time: Duration,
     /// The measured window: from the end of the warm-up to the last reply
     /// (request-count runs) or to the end of the duration.
     pub duration: Duration,
@@ -313,6 +319,7 @@ impl Report {
             None => j.raw("rate", "null"),
         }
         j.num("warmup_s", self.warmup.as_secs_f64());
+        j.num("connect_s", round3(self.connect_time.as_secs_f64()));
         j.num("duration_s", self.duration.as_secs_f64());
         j.raw(
             "interrupted",
@@ -360,17 +367,20 @@ impl fmt::Display for Report {
         };
         writeln!(
             f,
-            "{}: {} connection{} ({} open), {} thread{}, {}-byte requests, framing {}, pipeline {}, {}",
+            "{}: {}, {} connection{} ({} open in {:.2} s), {} thread{}",
             self.endpoint,
+            mode,
             self.connections,
             plural(self.connections as u64),
             self.connected,
+            self.connect_time.as_secs_f64(),
             self.threads,
             plural(self.threads as u64),
-            self.size,
-            self.framing,
-            self.pipeline,
-            mode,
+        )?;
+        writeln!(
+            f,
+            "  load      {}-byte requests, framing {}, pipeline {}",
+            self.size, self.framing, self.pipeline,
         )?;
         let warm = if self.warmup.is_zero() {
             String::new()
@@ -892,6 +902,7 @@ impl Shared {
 
 /// What one runtime hands back.
 struct ThreadOutcome {
+    connect_started: Instant,
     stats: Stats,
     connected: usize,
     measure_start: Instant,
@@ -975,6 +986,7 @@ async fn drive_thread(
     shared: Arc<Shared>,
     targets: Arc<Targets>,
 ) -> io::Result<ThreadOutcome> {
+    let connect_started = Instant::now();
     let mine: Vec<usize> = (thread..plan.connections).step_by(plan.threads).collect();
     let mut stats = Stats::new();
 
@@ -1097,6 +1109,7 @@ async fn drive_thread(
         Err(ctx) => std::mem::replace(&mut *ctx.stats.borrow_mut(), Stats::new()),
     };
     Ok(ThreadOutcome {
+        connect_started,
         stats,
         connected,
         measure_start,
@@ -1208,8 +1221,8 @@ struct ConnError {
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
     seq: u64,
-    /// Send time (closed loop) or scheduled send time (open loop): latency
-    /// is measured from here.
+    /// Send time, or (open loop, when the request waited for a free slot)
+    /// the time it was due: latency is measured from here.
     stamp: Instant,
     /// Sent after the warm-up, so its reply counts.
     measured: bool,
@@ -1238,6 +1251,8 @@ struct Conn<'a, S: Io> {
     next_due: Option<Instant>,
     /// No more requests will be sent (request budget spent or duration over).
     exhausted: bool,
+    /// When the pipeline last went from full to having a free slot.
+    room_since: Instant,
     replies: u64,
     /// Recently timed-out datagram requests (to recognise late replies).
     lost: VecDeque<u64>,
@@ -1247,7 +1262,9 @@ impl<'a, S: Io> Conn<'a, S> {
     fn new(ctx: &'a Ctx, id: usize, sock: S, first_due: Option<Instant>) -> Self {
         let plan = &*ctx.plan;
         let rcap = if plan.stream {
-            (plan.size * plan.pipeline + 64).clamp(4096, 1 << 20)
+            // Room for a whole pipeline of replies twice over, so one read
+            // can take them all; small for 10,000 ping-pong connections.
+            (plan.size * plan.pipeline * 2).clamp(1024, 1 << 20)
         } else {
             MAX_UDP_PAYLOAD + 1
         };
@@ -1267,6 +1284,7 @@ impl<'a, S: Io> Conn<'a, S> {
             expect: vec![0; plan.size],
             next_due: first_due,
             exhausted: false,
+            room_since: first_due.unwrap_or_else(Instant::now),
             replies: 0,
             lost: VecDeque::new(),
         }
@@ -1372,16 +1390,22 @@ impl<'a, S: Io> Conn<'a, S> {
             if !self.plan.stream && !self.wbuf.is_empty() {
                 break;
             }
-            let stamp = match self.next_due {
+            // Open loop: latency counts from the scheduled time when the
+            // request had to wait for a reply to free its slot (the server's
+            // delay: no coordinated omission), but from the actual send when
+            // a slot was free at the scheduled time, so the timer's 1 ms
+            // granularity is not charged to the server.
+            let (sched, stamp) = match self.next_due {
                 Some(due) if due > now => break,
-                Some(due) => due,
-                None => now,
+                Some(due) if self.room_since <= due => (due, now),
+                Some(due) => (due, due),
+                None => (now, now),
             };
-            if self.ctx.end.is_some_and(|end| stamp >= end) {
+            if self.ctx.end.is_some_and(|end| sched >= end) {
                 self.exhausted = true;
                 break;
             }
-            let measured = stamp >= self.ctx.measure_start;
+            let measured = sched >= self.ctx.measure_start;
             if measured && !self.ctx.shared.take_budget() {
                 self.exhausted = true;
                 break;
@@ -1619,6 +1643,7 @@ impl<'a, S: Io> Conn<'a, S> {
         if expired == 0 {
             return;
         }
+        self.room_since = now;
         let first = first.unwrap_or_default();
         for seq in first..first + expired {
             self.lost.push_back(seq);
@@ -1640,6 +1665,9 @@ impl<'a, S: Io> Conn<'a, S> {
 
     #[inline]
     fn record(&mut self, req: InFlight, now: Instant) {
+        if self.inflight.len() + 1 == self.plan.pipeline {
+            self.room_since = now;
+        }
         self.replies += 1;
         let shared = &self.ctx.shared;
         shared.replies.fetch_add(1, Ordering::Relaxed);
@@ -1729,6 +1757,7 @@ fn build_report(
     let mut errors = ErrorCounts::default();
     let mut samples: [Option<String>; 4] = Default::default();
     let (mut requests, mut sent, mut late, mut connected) = (0, 0, 0, 0);
+    let mut connect_time = Duration::ZERO;
     let mut window_start: Option<Instant> = None;
     let mut window_end: Option<Instant> = None;
     for o in outcomes {
@@ -1746,6 +1775,8 @@ fn build_report(
             }
         }
         window_start = Some(window_start.map_or(o.measure_start, |s| s.min(o.measure_start)));
+        let load_start = o.measure_start - config.warmup;
+        connect_time = connect_time.max(load_start.saturating_duration_since(o.connect_started));
         window_end = Some(window_end.map_or(o.finished, |e| e.max(o.finished)));
     }
 
@@ -1792,6 +1823,7 @@ fn build_report(
         framing: config.framing.to_string(),
         rate: config.rate,
         warmup: config.warmup,
+        connect_time,
         duration,
         interrupted,
         sent,

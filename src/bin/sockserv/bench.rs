@@ -24,9 +24,10 @@ codec, so the server must echo the same framing.
 
 Closed loop (default): each connection keeps --pipeline requests in flight
 and sends the next as soon as a reply arrives. Open loop (--rate): requests
-are sent on a fixed schedule spread over the connections, and latency is
-measured from the scheduled send time, so a stalling server is charged for
-the requests it delayed (no coordinated omission).
+are due on a fixed schedule spread over the connections; a request that has
+to wait for a reply to free its slot (at most --pipeline in flight) has its
+latency measured from the time it was due, so a stalling server is charged
+for the requests it delayed (no coordinated omission).
 
 Datagram endpoints (udp://, unix-dgram://) use one connected socket per
 \"connection\"; a datagram without a reply within --timeout counts as a
@@ -46,9 +47,22 @@ Examples:
   sockserv bench -c 8 --size 512 udp://127.0.0.1:9999
   sockserv bench unix:///tmp/echo.sock";
 
+const SHORT_HELP: &str = "\
+Exit status: 0 when the run had no error, 1 when it had any (the report is
+printed either way), 2 for a bad command line. More with --help.
+
+Examples:
+  sockserv bench tcp://127.0.0.1:9999                    # 50 connections, 10 s
+  sockserv bench -c 1000 -d 30s --warmup 2 127.0.0.1:9999
+  sockserv bench -n 100000 -c 4 --json tcp://127.0.0.1:9999
+  sockserv bench -c 100 --pipeline 32 --framing line tcp://127.0.0.1:9999
+  sockserv bench -c 10 --rate 20000 -d 10 tcp://127.0.0.1:9999   # open loop
+  sockserv bench -c 8 --size 512 udp://127.0.0.1:9999
+  sockserv bench unix:///tmp/echo.sock";
+
 /// Load-test an echo server: throughput, latency percentiles, errors.
 #[derive(Debug, clap::Args)]
-#[command(after_long_help = AFTER_HELP)]
+#[command(after_help = SHORT_HELP, after_long_help = AFTER_HELP)]
 pub struct BenchArgs {
     /// The echo server: tcp://HOST:PORT, udp://HOST:PORT, unix://PATH or
     /// unix-dgram://PATH (a bare HOST:PORT is TCP).
