@@ -193,21 +193,24 @@ async fn worker(
 fn spawn_work(work: Work, config: &Arc<Config>, stop_rx: &watch::Receiver<u8>) {
     match (work, &config.handler) {
         (Work::Conn(conn), Handler::Message(h)) => {
+            // Register the socket here, on the loop's thread, so the task
+            // holds only what the connection needs for its whole life.
             let (guard, stream, peer) = conn.into_parts();
-            let h = Arc::clone(h);
-            let config = Arc::clone(config);
-            let stop = stop_rx.clone();
-            tokio::spawn(async move {
-                let conn = match AsyncConn::new(guard, stream) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        config.hooks.error(&peer, Failure::Io(e));
-                        return;
-                    }
-                };
-                let session = Session::new(&config.framing, peer);
-                serve_framed(conn, session, &*h, &config, stop).await;
-            });
+            let conn = match AsyncConn::new(guard, stream) {
+                Ok(c) => c,
+                Err(e) => {
+                    config.hooks.error(&peer, Failure::Io(e));
+                    return;
+                }
+            };
+            let session = Session::new(&config.framing, peer);
+            tokio::spawn(serve_framed(
+                conn,
+                session,
+                Arc::clone(h),
+                Arc::clone(config),
+                stop_rx.clone(),
+            ));
         }
         (Work::Conn(conn), Handler::AsyncStream(h)) => {
             let h = Arc::clone(h);
@@ -295,7 +298,7 @@ impl AsyncConn {
             tokio::time::sleep(crate::conn::DRAIN_LINGER).await;
         };
         let read_until_close = tokio::time::timeout(linger, async {
-            let mut sink = [0u8; 1024];
+            let mut sink = vec![0u8; 4096];
             let mut budget = crate::conn::LINGER_BUDGET;
             loop {
                 match self.try_read(&mut sink) {
@@ -389,28 +392,26 @@ fn pump(
 async fn serve_framed(
     conn: AsyncConn,
     mut session: Session,
-    handler: &dyn MessageHandler,
-    config: &Config,
+    handler: Arc<dyn MessageHandler>,
+    config: Arc<Config>,
     mut stop: watch::Receiver<u8>,
 ) {
+    let config = &*config;
+    // This future lives as long as its connection, so its size is most of
+    // an idle connection's memory: cold paths (flushing a backlog, timeouts,
+    // the lingering close) are boxed so their state is allocated only while
+    // they run.
     let ctx = Ctx {
-        handler,
+        handler: &*handler,
         hooks: &config.hooks,
     };
     let mut backlog: Vec<u8> = Vec::new();
     let mut draining = *stop.borrow() >= DRAIN;
-    'conn: loop {
+    loop {
         // Write replies the socket could not take yet before reading more.
         if !backlog.is_empty() {
             let data = std::mem::take(&mut backlog);
-            let write = conn.write_all(&data);
-            let res = match config.limits.write_timeout {
-                Some(t) => tokio::time::timeout(t, write).await.unwrap_or_else(|_| {
-                    Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"))
-                }),
-                None => write.await,
-            };
-            if let Err(e) = res {
+            if let Err(e) = Box::pin(flush(&conn, &data, config)).await {
                 config.hooks.error(session.peer(), Failure::Io(e));
                 return;
             }
@@ -419,9 +420,9 @@ async fn serve_framed(
             Ok(Step::Again) => continue,
             Ok(Step::Done) => {
                 if !backlog.is_empty() {
-                    let _ = conn.write_all(&backlog).await;
+                    let _ = Box::pin(flush(&conn, &backlog, config)).await;
                 }
-                break 'conn;
+                break;
             }
             Ok(Step::Blocked) => {}
             Err(e) => {
@@ -441,41 +442,68 @@ async fn serve_framed(
         } else {
             config.limits.idle_timeout
         };
-        let readable = async {
-            match wait {
-                Some(t) => match tokio::time::timeout(t, conn.io.readable()).await {
-                    Ok(r) => r.map(Some),
-                    Err(_) => Ok(None),
-                },
-                None => conn.io.readable().await.map(Some),
-            }
-        };
-        tokio::select! {
-            biased;
-            r = readable => match r {
-                Ok(Some(mut g)) => g.clear_ready(),
-                Ok(None) => {
-                    config.hooks.error(
-                        session.peer(),
-                        Failure::Io(io::Error::new(io::ErrorKind::TimedOut, "read timed out")),
-                    );
-                    break;
-                }
-                Err(e) => {
-                    config.hooks.error(session.peer(), Failure::Io(e));
-                    return;
-                }
+        let event = match wait {
+            None => tokio::select! {
+                biased;
+                r = conn.io.readable() => Event::Readable(r.map(|mut g| g.clear_ready())),
+                r = stop.changed() => Event::Stop(r.is_err() || *stop.borrow() == FORCE),
             },
-            r = stop.changed() => {
-                if r.is_err() || *stop.borrow() == FORCE {
-                    return;
-                }
-                // Drain: take what has arrived, answer it, then close.
-                draining = true;
+            Some(t) => Box::pin(wait_timed(&conn, &mut stop, t)).await,
+        };
+        match event {
+            Event::Readable(Ok(())) => {}
+            Event::Readable(Err(e)) => {
+                config.hooks.error(session.peer(), Failure::Io(e));
+                return;
             }
+            Event::TimedOut => {
+                config.hooks.error(
+                    session.peer(),
+                    Failure::Io(io::Error::new(io::ErrorKind::TimedOut, "read timed out")),
+                );
+                break;
+            }
+            Event::Stop(true) => return,
+            // Drain: take what has arrived, answer it, then close.
+            Event::Stop(false) => draining = true,
         }
     }
-    conn.linger_close(config).await;
+    Box::pin(conn.linger_close(config)).await;
+}
+
+/// What ended a connection's wait.
+enum Event {
+    Readable(io::Result<()>),
+    TimedOut,
+    /// The server is stopping; true when forced.
+    Stop(bool),
+}
+
+/// The wait with a read or idle timeout (boxed by the caller: a timer is
+/// large, and most servers set no timeout).
+async fn wait_timed(
+    conn: &AsyncConn,
+    stop: &mut watch::Receiver<u8>,
+    t: std::time::Duration,
+) -> Event {
+    tokio::select! {
+        biased;
+        r = tokio::time::timeout(t, conn.io.readable()) => match r {
+            Ok(r) => Event::Readable(r.map(|mut g| g.clear_ready())),
+            Err(_) => Event::TimedOut,
+        },
+        r = stop.changed() => Event::Stop(r.is_err() || *stop.borrow() == FORCE),
+    }
+}
+
+/// Writes a backlog of replies, within the write timeout.
+async fn flush(conn: &AsyncConn, data: &[u8], config: &Config) -> io::Result<()> {
+    match config.limits.write_timeout {
+        Some(t) => tokio::time::timeout(t, conn.write_all(data))
+            .await
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"))),
+        None => conn.write_all(data).await,
+    }
 }
 
 /// Receives one batch of UDP datagrams, handles each, sends every reply in
