@@ -309,6 +309,8 @@ pub(crate) struct Shared {
     pub(crate) wakers: Mutex<Vec<Waker>>,
     /// The same state for async code: 0 running, 1 draining, 2 forced.
     pub(crate) level: tokio::sync::watch::Sender<u8>,
+    /// Connection tasks waiting for the stop, woken all at once by it.
+    pub(crate) stop_waiters: WakeList,
 }
 
 impl std::fmt::Debug for Shared {
@@ -331,6 +333,7 @@ impl Shared {
             stopped: Condvar::new(),
             wakers: Mutex::new(Vec::new()),
             level: tokio::sync::watch::channel(0).0,
+            stop_waiters: WakeList::default(),
         })
     }
 
@@ -342,6 +345,7 @@ impl Shared {
             *l = (*l).max(1);
             changed
         });
+        self.stop_waiters.wake_all();
     }
 
     /// Cut everything now.
@@ -349,6 +353,7 @@ impl Shared {
         self.stop.trigger();
         self.force.trigger();
         self.level.send_replace(2);
+        self.stop_waiters.wake_all();
     }
 
     fn wake_all(&self) {
@@ -434,5 +439,108 @@ impl ShutdownHandle {
     /// Number of connections (and datagram jobs) currently being served.
     pub fn active_connections(&self) -> usize {
         self.shared.tracker.active()
+    }
+}
+
+/// Wakers of async connection tasks that wait for the stop signal.
+///
+/// A task registers once for its whole life and the registration is never
+/// touched on the per-message path: waiting for "data or stop" costs an
+/// atomic load, where a `watch::Receiver::changed()` per wait would take a
+/// mutex shared by every connection twice per message.
+#[derive(Default)]
+pub(crate) struct WakeList {
+    slots: Mutex<(Vec<Option<std::task::Waker>>, Vec<usize>)>,
+}
+
+impl WakeList {
+    fn register(&self, waker: &std::task::Waker) -> usize {
+        let mut g = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let (slots, free) = &mut *g;
+        match free.pop() {
+            Some(i) => {
+                slots[i] = Some(waker.clone());
+                i
+            }
+            None => {
+                slots.push(Some(waker.clone()));
+                slots.len() - 1
+            }
+        }
+    }
+
+    fn unregister(&self, key: usize) {
+        let mut g = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let (slots, free) = &mut *g;
+        if let Some(slot) = slots.get_mut(key) {
+            *slot = None;
+            free.push(key);
+        }
+    }
+
+    fn wake_all(&self) {
+        let wakers: Vec<_> = {
+            let g = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            g.0.iter().flatten().cloned().collect()
+        };
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+/// Resolves when the server stops (to `true` when the stop is forced).
+/// Keep one per connection and poll it by reference: it registers its
+/// task's waker on the first poll and unregisters on drop.
+pub(crate) struct StopWait<'a> {
+    shared: &'a Shared,
+    key: Option<usize>,
+}
+
+impl<'a> StopWait<'a> {
+    pub(crate) fn new(shared: &'a Shared) -> Self {
+        StopWait { shared, key: None }
+    }
+
+    fn level(&self) -> u8 {
+        if self.shared.force.is_triggered() {
+            2
+        } else if self.shared.stop.is_triggered() {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+impl std::future::Future for StopWait<'_> {
+    type Output = bool;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<bool> {
+        let level = self.level();
+        if level > 0 {
+            return std::task::Poll::Ready(level == 2);
+        }
+        if self.key.is_none() {
+            self.key = Some(self.shared.stop_waiters.register(cx.waker()));
+            // The stop may have fired between the check and the
+            // registration: look again.
+            let level = self.level();
+            if level > 0 {
+                return std::task::Poll::Ready(level == 2);
+            }
+        }
+        std::task::Poll::Pending
+    }
+}
+
+impl Drop for StopWait<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.shared.stop_waiters.unregister(key);
+        }
     }
 }

@@ -28,7 +28,7 @@ use crate::hooks::Failure;
 use crate::run;
 use crate::server::Config;
 use crate::session::{Ctx, Flow, Session};
-use crate::shutdown::TrackGuard;
+use crate::shutdown::{StopWait, TrackGuard};
 use crate::socket::Stream;
 
 /// Scratch read buffer per loop thread.
@@ -36,7 +36,6 @@ const SCRATCH: usize = 64 * 1024;
 
 /// Stop levels sent to every loop.
 const RUNNING: u8 = 0;
-const DRAIN: u8 = 1;
 const FORCE: u8 = 2;
 
 enum Job {
@@ -209,7 +208,6 @@ fn spawn_work(work: Work, config: &Arc<Config>, stop_rx: &watch::Receiver<u8>) {
                 session,
                 Arc::clone(h),
                 Arc::clone(config),
-                stop_rx.clone(),
             ));
         }
         (Work::Conn(conn), Handler::AsyncStream(h)) => {
@@ -394,9 +392,9 @@ async fn serve_framed(
     mut session: Session,
     handler: Arc<dyn MessageHandler>,
     config: Arc<Config>,
-    mut stop: watch::Receiver<u8>,
 ) {
     let config = &*config;
+    let mut stop = StopWait::new(&config.shared);
     // This future lives as long as its connection, so its size is most of
     // an idle connection's memory: cold paths (flushing a backlog, timeouts,
     // the lingering close) are boxed so their state is allocated only while
@@ -406,7 +404,7 @@ async fn serve_framed(
         hooks: &config.hooks,
     };
     let mut backlog: Vec<u8> = Vec::new();
-    let mut draining = *stop.borrow() >= DRAIN;
+    let mut draining = config.shared.stop.is_triggered();
     loop {
         // Write replies the socket could not take yet before reading more.
         if !backlog.is_empty() {
@@ -446,7 +444,7 @@ async fn serve_framed(
             None => tokio::select! {
                 biased;
                 r = conn.io.readable() => Event::Readable(r.map(|mut g| g.clear_ready())),
-                r = stop.changed() => Event::Stop(r.is_err() || *stop.borrow() == FORCE),
+                forced = &mut stop => Event::Stop(forced),
             },
             Some(t) => Box::pin(wait_timed(&conn, &mut stop, t)).await,
         };
@@ -481,18 +479,14 @@ enum Event {
 
 /// The wait with a read or idle timeout (boxed by the caller: a timer is
 /// large, and most servers set no timeout).
-async fn wait_timed(
-    conn: &AsyncConn,
-    stop: &mut watch::Receiver<u8>,
-    t: std::time::Duration,
-) -> Event {
+async fn wait_timed(conn: &AsyncConn, stop: &mut StopWait<'_>, t: std::time::Duration) -> Event {
     tokio::select! {
         biased;
         r = tokio::time::timeout(t, conn.io.readable()) => match r {
             Ok(r) => Event::Readable(r.map(|mut g| g.clear_ready())),
             Err(_) => Event::TimedOut,
         },
-        r = stop.changed() => Event::Stop(r.is_err() || *stop.borrow() == FORCE),
+        forced = stop => Event::Stop(forced),
     }
 }
 
