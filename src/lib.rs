@@ -77,3 +77,13 @@ pub use server::{Builder, Handled, Limits, OverLimit, Server};
 pub use shutdown::ShutdownHandle;
 pub use socket::SocketOptions;
 pub use strategy::Strategy;
+
+/// The README's examples, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
+/// docs/FRAMING.md's examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/FRAMING.md")]
+pub struct FramingDoctests;

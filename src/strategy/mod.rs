@@ -4,7 +4,7 @@
 //! (`ThreadingTCPServer`, `ForkingUDPServer`, ...). Here the strategy is a
 //! value, and any strategy serves any transport: the server's one lifecycle
 //! (accept, verify, dispatch, finish, report errors, shut down) hands each
-//! connection or datagram to an [`Engine`], and the engine only decides
+//! connection or datagram to an `Engine`, and the engine only decides
 //! where it runs. One small file per strategy.
 
 mod pool;
