@@ -59,7 +59,7 @@ pub enum Strategy {
         workers: usize,
     },
     /// Chosen by [`Strategy::default_for_machine`] at build time:
-    /// async with one loop per core.
+    /// async, one event loop per core but one (see there).
     #[default]
     Auto,
 }
@@ -80,9 +80,24 @@ impl Strategy {
         Strategy::Async { workers: cores() }
     }
 
-    /// What [`Strategy::Auto`] means on this machine.
+    /// Async with one event loop per core but one (at least one loop):
+    /// the default.
+    ///
+    /// Why not one per core: the kernel's network processing, and on a
+    /// benchmark or a small box the clients themselves, need a core too. On
+    /// the 2-core machine of `docs/BENCHMARKS.md`, one loop costs 0.91–0.98×
+    /// tokio's CPU per message with the best p99, while two loops cost
+    /// 1.02–1.04× and their p99 at 1,000 connections was up to 2× worse.
+    pub fn async_default() -> Strategy {
+        Strategy::Async {
+            workers: cores().saturating_sub(1).max(1),
+        }
+    }
+
+    /// What [`Strategy::Auto`] means on this machine:
+    /// [`Strategy::async_default`].
     pub fn default_for_machine() -> Strategy {
-        Strategy::async_per_core()
+        Strategy::async_default()
     }
 
     pub(crate) fn resolve(self) -> Strategy {
@@ -122,7 +137,7 @@ impl FromStr for Strategy {
             "sequential" => Ok(Strategy::Sequential),
             "threads" => Ok(Strategy::Threads),
             "pool" => Ok(Strategy::pool()),
-            "async" => Ok(Strategy::async_per_core()),
+            "async" => Ok(Strategy::async_default()),
             "async-mt" => Ok(Strategy::AsyncMultiThread { workers: cores() }),
             "auto" => Ok(Strategy::Auto),
             _ => Err(format!(

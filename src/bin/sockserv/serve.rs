@@ -33,14 +33,15 @@ pub struct ServeArgs {
     #[arg(long, default_value = "upper", value_parser = parse_builtin)]
     handler: Builtin,
 
-    /// Concurrency: async (an event loop per core), async-mt (one tokio
-    /// work-stealing runtime), threads (one per connection), pool (bounded
-    /// worker pool), sequential (one at a time).
+    /// Concurrency: async (event loops; the fastest, see
+    /// docs/BENCHMARKS.md), async-mt (one tokio work-stealing runtime),
+    /// threads (one per connection), pool (bounded worker pool), sequential
+    /// (one at a time).
     #[arg(long, default_value = "async", value_parser = ["async", "async-mt", "threads", "pool", "sequential"])]
     mode: String,
 
-    /// Worker threads for pool and async modes (default: pool 16 per core,
-    /// async 1 per core).
+    /// Worker threads for pool and async modes (default: pool 16 per core;
+    /// async one event loop per core but one, at least one).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     workers: Option<u32>,
 
@@ -153,7 +154,7 @@ fn strategy(args: &ServeArgs) -> Strategy {
             Some(w) => Strategy::Async {
                 workers: w as usize,
             },
-            None => Strategy::async_per_core(),
+            None => Strategy::async_default(),
         },
     }
 }
