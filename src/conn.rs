@@ -133,11 +133,16 @@ impl Connection {
     }
 
     /// Reads, waiting for data like a blocking socket. `honour_stop`
-    /// decides whether a server shutdown ends the wait with end-of-stream.
-    pub(crate) fn read_inner(&self, buf: &mut [u8], honour_stop: bool) -> io::Result<usize> {
+    /// decides whether a server shutdown ends the wait; `Ok(None)` then
+    /// says so (as opposed to `Ok(Some(0))`, the peer's end of stream).
+    pub(crate) fn read_event(
+        &self,
+        buf: &mut [u8],
+        honour_stop: bool,
+    ) -> io::Result<Option<usize>> {
         loop {
             match (&self.stream).read(buf) {
-                Ok(n) => return Ok(n),
+                Ok(n) => return Ok(Some(n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -154,12 +159,18 @@ impl Connection {
                 self.read_timeout,
             )? {
                 Wake::Ready => continue,
-                Wake::Signal => return Ok(0),
+                Wake::Signal => return Ok(None),
                 Wake::Timeout => {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"))
                 }
             }
         }
+    }
+
+    /// Reads; a server shutdown reads as end of stream (the stream
+    /// handler's drain policy).
+    fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_event(buf, true).map(|n| n.unwrap_or(0))
     }
 
     fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {
@@ -243,7 +254,7 @@ impl Connection {
 
 impl Read for &Connection {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.read_inner(buf, true)
+        self.read_inner(buf)
     }
 }
 
@@ -259,7 +270,7 @@ impl Write for &Connection {
 
 impl Read for Connection {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.read_inner(buf, true)
+        self.read_inner(buf)
     }
 }
 

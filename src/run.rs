@@ -145,18 +145,22 @@ fn run_framed(mut conn: Connection, handler: &dyn MessageHandler, config: &Confi
     loop {
         // A frame that has started must finish within the read timeout
         // (slow senders); between frames only the idle timeout applies.
-        conn.set_read_timeout(if session.mid_frame() {
-            limits.read_timeout.or(limits.idle_timeout)
-        } else {
-            limits.idle_timeout
-        });
-        let n = match conn.read_inner(&mut buf, true) {
-            Ok(0) => {
+        conn.set_read_timeout(session.read_wait(limits.idle_timeout, limits.read_timeout));
+        // Draining: everything read so far is answered; read no more (a
+        // client that never stops sending must not keep the drain busy).
+        if conn.is_shutting_down() {
+            break;
+        }
+        let n = match conn.read_event(&mut buf, true) {
+            // The peer closed its side: a last unterminated frame counts.
+            Ok(Some(0)) => {
                 session.finish(&ctx, &mut out);
                 let _ = (&conn).write_all(&out);
                 break;
             }
-            Ok(n) => n,
+            Ok(Some(n)) => n,
+            // The server is stopping: a partial frame is not a request.
+            Ok(None) => break,
             Err(e) => {
                 config.hooks.error(session.peer(), Failure::Io(e));
                 // Still send what was answered, then close.

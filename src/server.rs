@@ -327,7 +327,7 @@ impl Builder {
         for ep in &endpoints {
             listeners.push(socket::bind(ep, &self.options)?);
         }
-        let shared = Arc::new(Shared::new()?);
+        let shared = Arc::new(Shared::new(self.limits.drain_timeout)?);
         let config = Arc::new(Config {
             handler,
             framing: self.framing,
@@ -629,10 +629,15 @@ impl Server {
                             break;
                         }
                     }
-                    OverLimit::Close => {
-                        self.refuse_one(i);
-                        continue;
-                    }
+                    OverLimit::Close => match self.refuse_one(i) {
+                        Ok(true) => continue,
+                        Ok(false) => break,
+                        Err(e) if is_connection_error(&e) => continue,
+                        Err(e) => {
+                            self.accept_failed(i, &e);
+                            break;
+                        }
+                    },
                 }
             }
             self.sources[i].at_limit = false;
@@ -688,29 +693,33 @@ impl Server {
                 }
                 Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
-                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection
-                    // stays queued in the kernel. Back off (5 ms doubling to
-                    // 1 s, as Go does), log once per burst, keep serving.
-                    let st = &mut self.sources[i];
-                    if st.error_burst == 0 {
-                        tracing::error!(
-                            "cannot accept on {}: {}; backing off",
-                            self.bound[i],
-                            crate::error::describe(&e)
-                        );
-                    }
-                    st.error_burst += 1;
-                    st.backoff = if st.backoff.is_zero() {
-                        Duration::from_millis(5)
-                    } else {
-                        (st.backoff * 2).min(Duration::from_secs(1))
-                    };
-                    st.retry_at = Some(Instant::now() + st.backoff);
+                    self.accept_failed(i, &e);
                     break;
                 }
             }
         }
         taken
+    }
+
+    /// EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection stays queued
+    /// in the kernel. Back off (5 ms doubling to 1 s, as Go does), log once
+    /// per burst, keep serving the connections already open.
+    fn accept_failed(&mut self, i: usize, e: &io::Error) {
+        let st = &mut self.sources[i];
+        if st.error_burst == 0 {
+            tracing::error!(
+                "cannot accept on {}: {}; backing off",
+                self.bound[i],
+                crate::error::describe(e)
+            );
+        }
+        st.error_burst += 1;
+        st.backoff = if st.backoff.is_zero() {
+            Duration::from_millis(5)
+        } else {
+            (st.backoff * 2).min(Duration::from_secs(1))
+        };
+        st.retry_at = Some(Instant::now() + st.backoff);
     }
 
     fn at_limit(&self) -> bool {
@@ -721,18 +730,25 @@ impl Server {
     }
 
     /// Accepts one connection only to refuse it (global limit, close mode).
-    fn refuse_one(&self, i: usize) {
+    /// Accepts one waiting connection only to refuse it (global limit,
+    /// close mode). `Ok(false)`: nobody was waiting.
+    fn refuse_one(&self, i: usize) -> io::Result<bool> {
         let accepted = match &self.sources[i].source {
             Source::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
             Source::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
-            Source::Dgram(..) => return,
+            Source::Dgram(..) => return Ok(false),
         };
-        if let Ok(stream) = accepted {
-            tracing::info!(
-                "refused a connection: at the limit of {} connections",
-                self.config.limits.max_connections.unwrap_or(0)
-            );
-            self.send_refusal(&stream);
+        match accepted {
+            Ok(stream) => {
+                tracing::info!(
+                    "refused a connection: at the limit of {} connections",
+                    self.config.limits.max_connections.unwrap_or(0)
+                );
+                self.send_refusal(&stream);
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
         }
     }
 

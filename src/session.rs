@@ -9,6 +9,7 @@
 //! idle connection small.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
 
 use crate::addr::Address;
 use crate::frame::{Codec, Decoded, Decoder, FrameError, Framing, OnOversize};
@@ -32,6 +33,10 @@ pub(crate) struct Session {
     on_oversize: OnOversize,
     /// Bytes of an unfinished frame carried over between reads.
     pending: Vec<u8>,
+    /// When the unfinished frame in `pending` began to arrive: the read
+    /// timeout counts from here, not from the last byte, so a peer that
+    /// trickles one byte at a time (slowloris) is still cut.
+    partial_since: Option<Instant>,
     peer: Address,
 }
 
@@ -47,6 +52,7 @@ impl Session {
             codec: framing.codec(),
             on_oversize: framing.on_oversize(),
             pending: Vec::new(),
+            partial_since: None,
             peer,
         }
     }
@@ -55,10 +61,33 @@ impl Session {
         &self.peer
     }
 
-    /// True when part of a frame has arrived and the rest has not (what a
-    /// read timeout for slow senders measures).
-    pub(crate) fn mid_frame(&self) -> bool {
-        !self.pending.is_empty()
+    /// How long the next read may wait: the idle timeout between frames;
+    /// inside a frame, what is left of the read timeout since the frame
+    /// began (or the idle timeout if that is sooner).
+    pub(crate) fn read_wait(
+        &self,
+        idle: Option<Duration>,
+        read: Option<Duration>,
+    ) -> Option<Duration> {
+        match (self.partial_since, read) {
+            (Some(since), Some(limit)) => {
+                let left = limit.saturating_sub(since.elapsed());
+                Some(idle.map_or(left, |i| i.min(left)))
+            }
+            _ => idle,
+        }
+    }
+
+    /// Notes when the unfinished tail began, after a feed that consumed
+    /// `used` bytes of a buffer that held a partial frame before or not.
+    fn track_partial(&mut self, was_partial: bool, used: usize) {
+        if self.pending.is_empty() {
+            self.partial_since = None;
+        } else if !was_partial || used > 0 || self.partial_since.is_none() {
+            // A new frame started (or the old one finished and another
+            // began) in this read.
+            self.partial_since = Some(Instant::now());
+        }
     }
 
     /// Handles every whole frame in `data` (after any carried-over bytes),
@@ -79,6 +108,7 @@ impl Session {
             if flow == Flow::Continue && used < data.len() {
                 self.pending.extend_from_slice(&data[used..]);
             }
+            self.track_partial(false, used);
             flow
         } else {
             self.pending.extend_from_slice(data);
@@ -97,6 +127,7 @@ impl Session {
                 // Give the memory back while idle.
                 self.pending = Vec::new();
             }
+            self.track_partial(true, used);
             flow
         }
     }

@@ -311,6 +311,10 @@ pub(crate) struct Shared {
     pub(crate) level: tokio::sync::watch::Sender<u8>,
     /// Connection tasks waiting for the stop, woken all at once by it.
     pub(crate) stop_waiters: WakeList,
+    /// How long a drain may last before everything is cut.
+    drain_timeout: Duration,
+    /// Set once the drain deadline's watchdog is running.
+    watchdog: AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -324,8 +328,10 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    pub(crate) fn new() -> io::Result<Shared> {
+    pub(crate) fn new(drain_timeout: Duration) -> io::Result<Shared> {
         Ok(Shared {
+            drain_timeout,
+            watchdog: AtomicBool::new(false),
             stop: Signal::new()?,
             force: Signal::new()?,
             tracker: Arc::new(Tracker::default()),
@@ -338,7 +344,7 @@ impl Shared {
     }
 
     /// Stop accepting and drain.
-    pub(crate) fn begin_stop(&self) {
+    pub(crate) fn begin_stop(self: &Arc<Self>) {
         self.stop.trigger();
         self.level.send_if_modified(|l| {
             let changed = *l < 1;
@@ -346,14 +352,48 @@ impl Shared {
             changed
         });
         self.stop_waiters.wake_all();
+        self.start_watchdog();
     }
 
-    /// Cut everything now.
+    /// The drain deadline is kept by a thread of its own, not by the serving
+    /// thread: in sequential mode that thread is busy serving the very
+    /// connection that may be holding the drain up.
+    fn start_watchdog(self: &Arc<Self>) {
+        if self.watchdog.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let shared = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("sockserv-drain".into())
+            .spawn(move || {
+                let deadline = Instant::now() + shared.drain_timeout;
+                loop {
+                    if shared.tracker.wait_idle(Some(
+                        deadline.min(Instant::now() + Duration::from_millis(100)),
+                    )) || shared.force.is_triggered()
+                    {
+                        return;
+                    }
+                    if Instant::now() >= deadline {
+                        shared.begin_force();
+                        return;
+                    }
+                }
+            });
+        if spawned.is_err() {
+            self.watchdog.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Cut everything now: every tracked socket is shut down, so blocked
+    /// reads and writes end and their handlers return.
     pub(crate) fn begin_force(&self) {
         self.stop.trigger();
         self.force.trigger();
         self.level.send_replace(2);
         self.stop_waiters.wake_all();
+        self.tracker.cut_all();
+        self.wake_all();
     }
 
     fn wake_all(&self) {

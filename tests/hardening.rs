@@ -474,34 +474,21 @@ fn drain_pipelined_clients_async() {
 // timeout 2 s): the drain must still answer what was read and end in time.
 
 #[test]
-#[ignore = "library bug: sequential mode never finishes a shutdown while its client keeps sending: \
-            the drain deadline is enforced in server.rs finish_drain, which runs on the serving \
-            thread only after the connection ends, a read with data ready never looks at the stop \
-            signal (conn.rs read_inner), and a second request (force) cuts nothing"]
 fn drain_nonstop_writers_sequential() {
     drain_pipelined(SEQUENTIAL, 1, NONSTOP);
 }
 
 #[test]
-#[ignore = "library weakness: the drain keeps reading new requests while a client keeps sending \
-            (run.rs run_framed reads until a read would block), so it runs into the drain timeout \
-            and the cut loses the replies of the last batch it read (about one 64 KiB read per \
-            connection: 9,362 replies each here)"]
 fn drain_nonstop_writers_threads() {
     drain_pipelined(THREADS, DRAIN_CLIENTS, NONSTOP);
 }
 
 #[test]
-#[ignore = "library weakness: as drain_nonstop_writers_threads; besides, queued connections are \
-            read and handled at the deadline but get none of their replies"]
 fn drain_nonstop_writers_pool() {
     drain_pipelined(POOL, 8, NONSTOP);
 }
 
 #[test]
-#[ignore = "library weakness: as drain_nonstop_writers_threads (runtime.rs serve_framed keeps \
-            pumping while reads fill the scratch buffer); connections starved by the fast ones \
-            (see fast_client_does_not_starve_others_async) have frames handled and no reply"]
 fn drain_nonstop_writers_async() {
     // With the starvation bug only one client per loop makes progress
     // before the shutdown: wait for two.
@@ -551,23 +538,16 @@ fn drain_leaves_partial_frame(strategy: Strategy) {
 }
 
 #[test]
-#[ignore = "library bug: run.rs run_framed calls session.finish() when the read ends because of \
-            the shutdown signal, so a partly received line is answered as a whole request \
-            (blocking strategies; the async engine is right)"]
 fn drain_leaves_partial_frame_sequential() {
     drain_leaves_partial_frame(SEQUENTIAL);
 }
 
 #[test]
-#[ignore = "library bug: run.rs run_framed answers a partly received frame at drain (see \
-            drain_leaves_partial_frame_sequential)"]
 fn drain_leaves_partial_frame_threads() {
     drain_leaves_partial_frame(THREADS);
 }
 
 #[test]
-#[ignore = "library bug: run.rs run_framed answers a partly received frame at drain (see \
-            drain_leaves_partial_frame_sequential)"]
 fn drain_leaves_partial_frame_pool() {
     drain_leaves_partial_frame(POOL);
 }
@@ -838,16 +818,11 @@ fn slowloris_pingpong_p99_threads() {
 }
 
 #[test]
-#[ignore = "library bug: the read timeout restarts with every byte (run.rs run_framed sets it per \
-            read; runtime.rs serve_framed wraps each readable() wait), so a connection sending one \
-            byte a second is never closed: slowloris is not defended"]
 fn slowloris_closed_at_read_timeout_async() {
     slowloris("async", true);
 }
 
 #[test]
-#[ignore = "library bug: the read timeout restarts with every byte (see \
-            slowloris_closed_at_read_timeout_async)"]
 fn slowloris_closed_at_read_timeout_threads() {
     slowloris("threads", true);
 }
@@ -1198,9 +1173,6 @@ fn flood_over_limit_close_async() {
 /// At the limit in `--over-limit close` mode, with nobody else knocking,
 /// the server should be idle.
 #[test]
-#[ignore = "library bug: server.rs drain_listener, OverLimit::Close branch: refuse_one() ignores \
-            WouldBlock and the loop `continue`s, so at the limit the accept loop spins on accept() \
-            (one core at 100%) until a connection closes"]
 fn over_limit_close_idle_at_the_limit() {
     let _x = exclusive();
     let mut server = CliServer::start(
@@ -1720,10 +1692,6 @@ fn fast_client_does_not_starve_others(strategy: Strategy) {
 }
 
 #[test]
-#[ignore = "library bug: runtime.rs serve_framed loops on Step::Again (a read that filled the \
-            64 KiB scratch buffer) without ever yielding to the runtime, so a client that sends \
-            as fast as it is read monopolises its event loop: the other connections on that loop \
-            wait until it pauses (here the first ping is not answered within 5 s)"]
 fn fast_client_does_not_starve_others_async() {
     fast_client_does_not_starve_others(Strategy::Async { workers: 1 });
 }

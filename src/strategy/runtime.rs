@@ -34,6 +34,10 @@ use crate::socket::Stream;
 /// Scratch read buffer per loop thread.
 const SCRATCH: usize = 64 * 1024;
 
+/// Full reads a connection may make before it lets the other connections
+/// of its loop run (fairness toward a client that sends without pause).
+const FULL_READS_PER_TURN: u32 = 4;
+
 /// Stop levels sent to every loop.
 const RUNNING: u8 = 0;
 const FORCE: u8 = 2;
@@ -405,6 +409,7 @@ async fn serve_framed(
     };
     let mut backlog: Vec<u8> = Vec::new();
     let mut draining = config.shared.stop.is_triggered();
+    let mut full_reads: u32 = 0;
     loop {
         // Write replies the socket could not take yet before reading more.
         if !backlog.is_empty() {
@@ -415,7 +420,23 @@ async fn serve_framed(
             }
         }
         match pump(&conn, &mut session, &ctx, &mut backlog) {
-            Ok(Step::Again) => continue,
+            Ok(Step::Again) => {
+                // A full read: more may be waiting. Draining reads no more
+                // (a client that never stops sending must not keep the
+                // drain busy), and a fast client yields to the others on
+                // its loop once its cooperative budget is spent.
+                if config.shared.stop.is_triggered() {
+                    break;
+                }
+                // A full read of tiny frames is thousands of handler calls,
+                // so yield every few reads rather than after tokio's budget
+                // of 128.
+                full_reads += 1;
+                if full_reads % FULL_READS_PER_TURN == 0 {
+                    tokio::task::yield_now().await;
+                }
+                continue;
+            }
             Ok(Step::Done) => {
                 if !backlog.is_empty() {
                     let _ = Box::pin(flush(&conn, &backlog, config)).await;
@@ -435,11 +456,7 @@ async fn serve_framed(
             // Everything the client had sent is handled and answered.
             break;
         }
-        let wait = if session.mid_frame() {
-            config.limits.read_timeout.or(config.limits.idle_timeout)
-        } else {
-            config.limits.idle_timeout
-        };
+        let wait = session.read_wait(config.limits.idle_timeout, config.limits.read_timeout);
         let event = match wait {
             None => tokio::select! {
                 biased;
