@@ -1716,6 +1716,11 @@ fn wrong_reply(conn: usize, seq: u64, expected: &[u8], got: &[u8]) -> ConnError 
             excerpt(expected, at),
             excerpt(got, at)
         )
+    } else if expected.to_ascii_uppercase() == got {
+        format!(
+            "connection {conn}, request {seq}: the reply is the request upper-cased: \
+             the server runs the upper handler, bench needs an echo server (serve --handler echo)"
+        )
     } else {
         format!(
             "connection {conn}, request {seq}: reply differs at byte {at} (sent {}, got {})",

@@ -91,14 +91,38 @@ impl Client {
         })
     }
 
-    /// Sets how long a receive may wait (`None`: forever).
+    /// Sets how long a send or a receive may wait (`None`: forever).
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         match &self.conn {
-            Conn::Stream(Stream::Tcp(s)) => s.set_read_timeout(timeout),
-            Conn::Stream(Stream::Unix(s)) => s.set_read_timeout(timeout),
-            Conn::Udp(s) => s.set_read_timeout(timeout),
-            Conn::UnixDgram(s, _) => s.set_read_timeout(timeout),
+            Conn::Stream(Stream::Tcp(s)) => {
+                s.set_read_timeout(timeout)?;
+                s.set_write_timeout(timeout)
+            }
+            Conn::Stream(Stream::Unix(s)) => {
+                s.set_read_timeout(timeout)?;
+                s.set_write_timeout(timeout)
+            }
+            Conn::Udp(s) => {
+                s.set_read_timeout(timeout)?;
+                s.set_write_timeout(timeout)
+            }
+            Conn::UnixDgram(s, _) => {
+                s.set_read_timeout(timeout)?;
+                s.set_write_timeout(timeout)
+            }
         }
+    }
+
+    /// A second handle on a stream connection for writing raw bytes from
+    /// another thread while this one receives (so a large upload to an echo
+    /// server cannot deadlock on full socket buffers). `None` for datagram
+    /// endpoints.
+    pub fn raw_writer(&self) -> io::Result<Option<RawWriter>> {
+        Ok(match &self.conn {
+            Conn::Stream(Stream::Tcp(s)) => Some(RawWriter(Stream::Tcp(s.try_clone()?))),
+            Conn::Stream(Stream::Unix(s)) => Some(RawWriter(Stream::Unix(s.try_clone()?))),
+            _ => None,
+        })
     }
 
     /// Sends one message, encoded with the framing.
@@ -219,6 +243,26 @@ impl Client {
     /// The framing in use.
     pub fn framing(&self) -> &Framing {
         &self.framing
+    }
+}
+
+/// The writing side of a stream [`Client`], for another thread.
+pub struct RawWriter(Stream);
+
+impl RawWriter {
+    /// Half-close: tells the server there is nothing more to send.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        self.0.shutdown(std::net::Shutdown::Write)
+    }
+}
+
+impl Write for RawWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&self.0).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

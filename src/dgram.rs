@@ -101,6 +101,10 @@ pub(crate) struct DatagramJob {
 
 /// Runs the handler on one datagram and sends its replies. Shared by every
 /// engine, so datagram handling exists once.
+///
+/// `may_wait`: a blocking engine may wait briefly for a full send buffer; an
+/// event loop must not, and drops the reply instead (UDP allows it).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn handle_datagram(
     handler: &Handler,
     hooks: &Hooks,
@@ -109,13 +113,19 @@ pub(crate) fn handle_datagram(
     socket: &DgramSocket,
     out: &mut Vec<u8>,
     ends: &mut Vec<usize>,
+    may_wait: bool,
 ) {
     if !call_handler(handler, hooks, data, peer, out, ends) {
         return;
     }
     let mut start = 0;
     for &end in ends.iter() {
-        if let Err(e) = socket.send_to(&out[start..end], peer) {
+        let sent = if may_wait {
+            socket.send_to(&out[start..end], peer)
+        } else {
+            socket.try_send(&out[start..end], peer).map(drop)
+        };
+        if let Err(e) = sent {
             hooks.error(peer, Failure::Io(e));
             break;
         }

@@ -30,12 +30,13 @@
 //! | Python `socketserver` | sockserv |
 //! | --- | --- |
 //! | `TCPServer`, `UDPServer`, `UnixStreamServer`, `UnixDatagramServer` | one [`Server`]; the transport comes from the address (`tcp://`, `udp://`, `unix://`, `unix-dgram://`) |
-//! | plain server, `ThreadingMixIn`, `ForkingMixIn` | a [`Strategy`] value: `Sequential`, `Threads`, `Pool`, `Async` |
+//! | plain server, `ThreadingMixIn`, `ForkingMixIn` | a [`Strategy`] value: `Sequential`, `Threads`, `Pool`, `Async`, `AsyncMultiThread`, or the default `Auto` |
 //! | `ThreadingTCPServer` and the other combinations | not types: any transport × any strategy |
 //! | `BaseRequestHandler.setup/handle/finish` | [`StreamHandler`] |
 //! | `StreamRequestHandler.rfile/wfile` | [`Connection::reader`] / [`Connection::writer`] |
 //! | `DatagramRequestHandler` | [`DatagramHandler`] |
 //! | (none) | [`MessageHandler`]: one call per frame, framing by the server ([`frame`]) |
+//! | (none) | [`AsyncStreamHandler`]: async code over an [`AsyncConnection`] |
 //! | `serve_forever()`, `handle_request()`, `shutdown()`, `server_close()` | [`Server::serve_forever`], [`Server::handle_request`], [`ShutdownHandle::shutdown`], dropping the server |
 //! | `timeout`, `handle_timeout()`, `service_actions()` | [`Builder::timeout`], [`Builder::handle_timeout`], [`Builder::service_actions`] |
 //! | `verify_request()`, `handle_error()` | [`Builder::verify_request`], [`Builder::handle_error`] |

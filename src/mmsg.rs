@@ -95,9 +95,9 @@ impl Batch {
         }
     }
 
-    /// Sends every queued reply, [`BATCH`] per call; waits for the socket
-    /// only when it is full. Replies that still cannot be sent are dropped
-    /// (UDP promises no delivery) and counted in the error.
+    /// Sends every queued reply, [`BATCH`] per call, without waiting: when
+    /// the socket's send buffer is full the remaining replies are dropped
+    /// (UDP promises no delivery) and the error says so.
     pub(crate) fn flush(&mut self, fd: RawFd) -> io::Result<()> {
         let mut first = 0;
         let mut result = Ok(());
@@ -129,16 +129,9 @@ impl Batch {
                 match e.kind() {
                     io::ErrorKind::Interrupted => continue,
                     io::ErrorKind::WouldBlock => {
-                        let mut pfd = libc::pollfd {
-                            fd,
-                            events: libc::POLLOUT,
-                            revents: 0,
-                        };
-                        // SAFETY: one valid pollfd.
-                        let ready = unsafe { libc::poll(&mut pfd, 1, 100) };
-                        if ready > 0 {
-                            continue;
-                        }
+                        // The socket's send buffer is full. This runs on an
+                        // event loop that must not block: the rest of the
+                        // replies are dropped, as UDP allows.
                         result = Err(e);
                         break;
                     }

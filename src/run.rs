@@ -53,6 +53,7 @@ pub(crate) fn run_work(work: Work, config: &Config) {
                 &job.socket,
                 &mut out,
                 &mut ends,
+                true,
             );
         }
     }
@@ -68,6 +69,10 @@ pub(crate) async fn serve_async_stream(
 ) {
     use futures_util::FutureExt;
     let (guard, stream, peer) = conn.into_parts();
+    // The conversion closes the socket if it fails: unregister it first so a
+    // forced stop cannot touch a closed (and maybe reused) descriptor.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    guard.set_socket(None);
     let converted = stream.set_nonblocking(true).and_then(|()| match stream {
         Stream::Tcp(s) => tokio::net::TcpStream::from_std(s).map(AsyncStream::Tcp),
         Stream::Unix(s) => tokio::net::UnixStream::from_std(s).map(AsyncStream::Unix),
@@ -79,6 +84,7 @@ pub(crate) async fn serve_async_stream(
             return;
         }
     };
+    guard.set_socket(Some(fd));
     let conn = AsyncConnection::new(guard, stream, peer.clone(), stop);
     match AssertUnwindSafe(handler.handle_boxed(conn))
         .catch_unwind()

@@ -35,6 +35,10 @@ use crate::strategy::{self, Engine, Strategy, Work};
 
 const WAKE: Token = Token(usize::MAX);
 
+/// Datagrams one listener may take per turn of the serve loop before the
+/// others get theirs.
+const DATAGRAMS_PER_TURN: usize = 256;
+
 /// Timeouts and limits that protect a server from its peers.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -311,7 +315,7 @@ impl Builder {
                 _ => {}
             }
         }
-        let strategy = self.strategy.resolve();
+        let strategy = self.strategy.resolve_for(&handler);
         match strategy {
             Strategy::Pool { workers: 0, .. }
             | Strategy::Async { workers: 0 }
@@ -336,9 +340,14 @@ impl Builder {
             options: self.options,
             shared: Arc::clone(&shared),
         });
-        let poll = Poll::new()?;
-        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKE)?);
-        let engine = strategy::engine(strategy, &config)?;
+        let poll =
+            Poll::new().map_err(|e| Error::socket("cannot create the accept loop's poller", e))?;
+        let waker = Arc::new(
+            mio::Waker::new(poll.registry(), WAKE)
+                .map_err(|e| Error::socket("cannot create the accept loop's waker", e))?,
+        );
+        let engine = strategy::engine(strategy, &config)
+            .map_err(|e| Error::socket(format!("cannot start the {strategy} workers"), e))?;
         let engine: Arc<dyn Engine> = Arc::from(engine);
         {
             let mut wakers = shared.wakers.lock().unwrap_or_else(|p| p.into_inner());
@@ -376,6 +385,8 @@ impl Builder {
         }
         Ok(Server {
             waker,
+            dgram_buf: vec![0u8; MAX_DATAGRAM],
+            drained: false,
             sources,
             bound,
             config,
@@ -458,6 +469,10 @@ pub enum Handled {
 /// A bound server, ready to serve.
 pub struct Server {
     waker: Arc<mio::Waker>,
+    /// Receive buffer for datagrams (one datagram is copied out per job).
+    dgram_buf: Vec<u8>,
+    /// Set once the drain has run (by `serve_forever` or by drop).
+    drained: bool,
     sources: Vec<ListenerState>,
     bound: Vec<Endpoint>,
     config: Arc<Config>,
@@ -576,6 +591,12 @@ impl Server {
     /// a connection or datagram, dispatches it to the strategy and returns.
     /// Calls `handle_timeout` if nothing came (Python's `handle_request`).
     pub fn handle_request(&mut self) -> Result<Handled, Error> {
+        if self.sources.iter().any(|l| l.adopted) {
+            return Err(Error::config(
+                "handle_request cannot take single datagrams from a socket the async strategy \
+                 serves itself; use serve_forever, or a blocking strategy",
+            ));
+        }
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let mut events = Events::with_capacity(16);
         loop {
@@ -608,28 +629,31 @@ impl Server {
     /// `max` requests were taken. Returns how many were dispatched.
     fn drain_listener(&mut self, i: usize, max: usize) -> usize {
         let mut taken = 0;
+        let is_stream = matches!(self.sources[i].source, Source::Tcp(_) | Source::Unix(..));
         while taken < max && !self.shared.stop.is_triggered() {
-            let st = &self.sources[i];
-            if st.adopted {
+            if self.sources[i].adopted {
                 return 0;
             }
-            if matches!(st.source, Source::Tcp(_) | Source::Unix(..)) && self.at_limit() {
+            if !is_stream && taken >= DATAGRAMS_PER_TURN {
+                // Let the other listeners and service_actions have a turn;
+                // come back at once (epoll here is edge-triggered).
+                self.sources[i].retry_at = Some(Instant::now());
+                break;
+            }
+            let limit_hit = if is_stream {
+                self.at_limit()
+            } else {
+                // Datagram jobs in flight count against the same limit, so
+                // a flood cannot start unbounded threads; the excess waits
+                // in the socket buffer (and the kernel drops what overflows).
+                self.config
+                    .limits
+                    .max_connections
+                    .is_some_and(|max| self.shared.tracker.active() >= max)
+            };
+            if limit_hit {
                 match self.config.limits.over_limit {
-                    OverLimit::Wait => {
-                        // Leave the connections in the kernel's backlog; the
-                        // next connection to finish wakes this loop.
-                        let waker = Arc::clone(&self.waker);
-                        self.shared.tracker.pause_until_free(|| {
-                            Box::new(move || {
-                                let _ = waker.wake();
-                            })
-                        });
-                        if self.at_limit() {
-                            self.sources[i].at_limit = true;
-                            break;
-                        }
-                    }
-                    OverLimit::Close => match self.refuse_one(i) {
+                    OverLimit::Close if is_stream => match self.refuse_one(i) {
                         Ok(true) => continue,
                         Ok(false) => break,
                         Err(e) if is_connection_error(&e) => continue,
@@ -638,55 +662,27 @@ impl Server {
                             break;
                         }
                     },
+                    _ => {
+                        // Leave the connections in the kernel's backlog; the
+                        // next connection to finish wakes this loop.
+                        let waker = Arc::clone(&self.waker);
+                        self.shared.tracker.pause_until_free(|| {
+                            Box::new(move || {
+                                let _ = waker.wake();
+                            })
+                        });
+                        if self.at_limit() || !is_stream {
+                            self.sources[i].at_limit = true;
+                            break;
+                        }
+                    }
                 }
             }
             self.sources[i].at_limit = false;
-            let st = &self.sources[i];
-            let accepted: io::Result<Work> = match &st.source {
-                Source::Tcp(l) => l.accept().and_then(|(s, peer)| {
-                    if self.config.options.nodelay {
-                        s.set_nodelay(true)?;
-                    }
-                    let local = s.local_addr()?;
-                    self.admit(Stream::Tcp(s), Address::Inet(peer), Address::Inet(local))
-                }),
-                Source::Unix(l, g) => l.accept().and_then(|(s, peer)| {
-                    let local = Address::Unix(Some(g.0.clone()));
-                    self.admit(Stream::Unix(s), Address::from_unix(&peer), local)
-                }),
-                Source::Dgram(sock, _) => {
-                    let mut buf = vec![0u8; MAX_DATAGRAM];
-                    sock.try_recv(&mut buf).map(|(n, peer)| {
-                        buf.truncate(n);
-                        Work::Datagram(DatagramJob {
-                            data: buf,
-                            peer,
-                            socket: Arc::clone(sock),
-                            _guard: self.shared.tracker.enter(None, None),
-                        })
-                    })
-                }
-            };
-            match accepted {
-                Ok(work) => {
-                    let st = &mut self.sources[i];
-                    if st.error_burst > 0 {
-                        tracing::info!("accepting again after {} failed attempts", st.error_burst);
-                    }
-                    st.retry_at = None;
-                    st.error_burst = 0;
-                    st.backoff = Duration::ZERO;
-                    let verified = match &work {
-                        Work::Conn(c) => self.config.hooks.verify(c.peer_addr()),
-                        Work::Datagram(d) => self.config.hooks.verify(&d.peer),
-                    };
-                    taken += 1;
-                    if verified {
-                        self.engine.dispatch(work);
-                    } else {
-                        tracing::debug!("verify_request refused a peer");
-                    }
-                }
+            let work = match self.take_one(i) {
+                Ok(Some(work)) => work,
+                // Set up failed for this connection only; it is closed.
+                Ok(None) => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.sources[i].retry_at = None;
                     break;
@@ -696,9 +692,70 @@ impl Server {
                     self.accept_failed(i, &e);
                     break;
                 }
+            };
+            let st = &mut self.sources[i];
+            if st.error_burst > 0 {
+                tracing::info!("accepting again after {} failed attempts", st.error_burst);
+            }
+            st.retry_at = None;
+            st.error_burst = 0;
+            st.backoff = Duration::ZERO;
+            let verified = match &work {
+                Work::Conn(c) => self.config.hooks.verify(c.peer_addr()),
+                Work::Datagram(d) => self.config.hooks.verify(&d.peer),
+            };
+            taken += 1;
+            if verified {
+                self.engine.dispatch(work);
+            } else {
+                tracing::debug!("verify_request refused a peer");
             }
         }
         taken
+    }
+
+    /// Accepts one connection (or receives one datagram) from listener `i`.
+    /// `Err` is the listener's error (would block, EMFILE, ...); `Ok(None)`
+    /// means one accepted connection could not be set up and was closed,
+    /// which concerns that connection only.
+    fn take_one(&mut self, i: usize) -> io::Result<Option<Work>> {
+        match &self.sources[i].source {
+            Source::Tcp(l) => {
+                let (s, peer) = l.accept()?;
+                let setup = (|| {
+                    if self.config.options.nodelay {
+                        s.set_nodelay(true)?;
+                    }
+                    s.local_addr()
+                })();
+                match setup {
+                    Ok(local) => Ok(self
+                        .admit(Stream::Tcp(s), Address::Inet(peer), Address::Inet(local))
+                        .ok()),
+                    Err(e) => {
+                        tracing::debug!(%peer, "cannot set up an accepted connection: {e}");
+                        Ok(None)
+                    }
+                }
+            }
+            Source::Unix(l, g) => {
+                let (s, peer) = l.accept()?;
+                let local = Address::Unix(Some(g.0.clone()));
+                Ok(self
+                    .admit(Stream::Unix(s), Address::from_unix(&peer), local)
+                    .ok())
+            }
+            Source::Dgram(sock, _) => {
+                let sock = Arc::clone(sock);
+                let (n, peer) = sock.try_recv(&mut self.dgram_buf)?;
+                Ok(Some(Work::Datagram(DatagramJob {
+                    data: self.dgram_buf[..n].to_vec(),
+                    peer,
+                    socket: sock,
+                    _guard: self.shared.tracker.enter(None, None),
+                })))
+            }
+        }
     }
 
     /// EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection stays queued
@@ -761,6 +818,8 @@ impl Server {
         let _ = stream.shutdown(std::net::Shutdown::Write);
     }
 
+    /// Registers an accepted connection, or refuses it at the per-IP limit
+    /// (`Err`: the connection was closed).
     fn admit(&self, stream: Stream, peer: Address, local: Address) -> io::Result<Work> {
         if let (Some(max), Some(ip)) = (self.config.limits.max_connections_per_ip, peer.ip()) {
             let open = self.shared.tracker.connections_from(ip);
@@ -777,6 +836,10 @@ impl Server {
     /// wait for connections up to the drain timeout (or a forced stop), cut
     /// the rest, stop the engine.
     fn finish_drain(&mut self) {
+        if self.drained {
+            return;
+        }
+        self.drained = true;
         self.shared.begin_stop();
         self.engine.wake();
         // Close listeners now so new clients are refused rather than queued.
@@ -813,5 +876,21 @@ impl Server {
         }
         self.engine
             .stop(Instant::now() + Duration::from_millis(500));
+        // The wakers hold the engine, which holds the config, which holds
+        // the shared state: break the cycle so everything is freed.
+        self.shared
+            .wakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+/// Dropping a server is Python's `server_close()`: the listeners close and,
+/// if `serve_forever` did not already do it, the connections in flight are
+/// drained (up to the drain timeout) and the engine's threads stop.
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.finish_drain();
     }
 }

@@ -17,6 +17,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+thread_local! {
+    static SERVER_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the current thread as one of a server's own (a worker, an event
+/// loop, a connection's thread), where waiting for the server to stop would
+/// wait for itself.
+pub(crate) fn mark_server_thread() {
+    SERVER_THREAD.with(|c| c.set(true));
+}
+
+fn on_server_thread() -> bool {
+    SERVER_THREAD.with(|c| c.get())
+}
+
 /// A one-shot, level-triggered event: once triggered it stays triggered.
 #[derive(Debug)]
 pub(crate) struct Signal {
@@ -258,6 +273,22 @@ pub(crate) struct TrackGuard {
     ip: Option<IpAddr>,
 }
 
+impl TrackGuard {
+    /// Registers (or, with `None`, unregisters) this work's socket, for the
+    /// moment a socket changes hands and may be closed on an error path.
+    pub(crate) fn set_socket(&self, fd: Option<RawFd>) {
+        let mut st = self.tracker.state.lock().unwrap_or_else(|p| p.into_inner());
+        match fd {
+            Some(fd) => {
+                st.sockets.insert(self.id, fd);
+            }
+            None => {
+                st.sockets.remove(&self.id);
+            }
+        }
+    }
+}
+
 impl Drop for TrackGuard {
     fn drop(&mut self) {
         let mut st = self.tracker.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -431,11 +462,17 @@ impl ShutdownHandle {
     /// Asks the server to stop and waits until `serve_forever` has returned.
     ///
     /// Called a second time (from another thread while the first waits), it
-    /// skips the rest of the drain and cuts every connection. Called from
-    /// the serving thread itself (a handler in sequential mode), it only
+    /// skips the rest of the drain and cuts every connection. Called from a
+    /// thread of the server itself (a handler, in any strategy), it only
     /// requests the stop and returns at once, rather than deadlock the way
     /// Python's `shutdown()` does there.
     pub fn shutdown(&self) {
+        if on_server_thread() {
+            // A handler asking its own server to stop: waiting here would
+            // wait for this very thread. Request it and return.
+            self.request();
+            return;
+        }
         self.request();
         let mut running = self
             .shared

@@ -160,24 +160,45 @@ fn bind_inet(endpoint: &Endpoint, addr: SocketAddr, opts: &SocketOptions) -> io:
     }
 }
 
-fn check_unix_path(path: &Path) -> io::Result<()> {
-    if path.exists() {
+/// A Unix socket path may be left behind by a server that crashed (or was
+/// killed before it could remove it). A path that is a socket nobody
+/// listens on is such a leftover and is removed; a live socket, or a path
+/// that is not a socket at all, is an error.
+fn check_unix_path(path: &Path, stream: bool) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
         return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
-            format!(
-                "{} already exists (remove it if no server is using it)",
-                path.display()
-            ),
+            format!("{} already exists and is not a socket", path.display()),
         ));
     }
-    Ok(())
+    let probe = if stream {
+        UnixStream::connect(path).map(drop)
+    } else {
+        UnixDatagram::unbound().and_then(|s| s.connect(path))
+    };
+    match probe {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            tracing::info!("removing the stale socket {}", path.display());
+            std::fs::remove_file(path)
+        }
+        _ => Err(io::Error::other(format!(
+            "{} is in use by a running server",
+            path.display()
+        ))),
+    }
 }
 
 /// Opens and binds the server socket for `endpoint`.
 ///
 /// Host names resolve and the first address that binds is used. A Unix path
-/// that already exists is an error: it may belong to a running server, and
-/// silently unlinking it would steal its address.
+/// that belongs to a running server, or is not a socket, is an error; a
+/// socket file left by a server that died is removed first.
 pub fn bind(endpoint: &Endpoint, opts: &SocketOptions) -> Result<Listener, Error> {
     let action = || format!("cannot listen on {endpoint}");
     match endpoint {
@@ -196,7 +217,7 @@ pub fn bind(endpoint: &Endpoint, opts: &SocketOptions) -> Result<Listener, Error
             ))
         }
         Endpoint::Unix(path) => {
-            check_unix_path(path).map_err(|e| Error::socket(action(), e))?;
+            check_unix_path(path, true).map_err(|e| Error::socket(action(), e))?;
             let sock = Socket::new(Domain::UNIX, Type::STREAM, None)
                 .map_err(|e| Error::socket(action(), e))?;
             let addr = SockAddr::unix(path).map_err(|e| Error::socket(action(), e))?;
@@ -207,7 +228,7 @@ pub fn bind(endpoint: &Endpoint, opts: &SocketOptions) -> Result<Listener, Error
             Ok(Listener::Unix(sock.into(), guard))
         }
         Endpoint::UnixDgram(path) => {
-            check_unix_path(path).map_err(|e| Error::socket(action(), e))?;
+            check_unix_path(path, false).map_err(|e| Error::socket(action(), e))?;
             let sock = UnixDatagram::bind(path).map_err(|e| Error::socket(action(), e))?;
             Ok(Listener::UnixDgram(sock, PathGuard(path.clone())))
         }

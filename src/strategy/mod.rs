@@ -58,8 +58,9 @@ pub enum Strategy {
         /// Runtime worker threads (at least 1).
         workers: usize,
     },
-    /// Chosen by [`Strategy::default_for_machine`] at build time:
-    /// async, one event loop per core but one (see there).
+    /// The default: [`Strategy::default_for_machine`] (async, one event
+    /// loop per core but one), or [`Strategy::Threads`] for a blocking
+    /// [`StreamHandler`](crate::StreamHandler).
     #[default]
     Auto,
 }
@@ -98,6 +99,18 @@ impl Strategy {
     /// [`Strategy::async_default`].
     pub fn default_for_machine() -> Strategy {
         Strategy::async_default()
+    }
+
+    /// `Auto` made concrete for a handler: async, except for blocking
+    /// stream handlers, which get a thread each (the async engine could
+    /// only run them on blocking threads anyway).
+    pub(crate) fn resolve_for(self, handler: &crate::handler::Handler) -> Strategy {
+        match self {
+            Strategy::Auto if matches!(handler, crate::handler::Handler::Stream(_)) => {
+                Strategy::Threads
+            }
+            s => s.resolve(),
+        }
     }
 
     pub(crate) fn resolve(self) -> Strategy {

@@ -74,6 +74,7 @@ impl Pool {
                     }
                 }
                 let _alive = Alive(alive);
+                crate::shutdown::mark_server_thread();
                 while let Some(work) = queue.pop() {
                     run::run_work(work, &config);
                 }

@@ -34,6 +34,10 @@ use crate::socket::Stream;
 /// Scratch read buffer per loop thread.
 const SCRATCH: usize = 64 * 1024;
 
+/// Threads for blocking stream handlers per runtime (tokio's default is
+/// 512, which would silently cap a blocking handler's connections).
+const MAX_BLOCKING: usize = 10_000;
+
 /// Full reads a connection may make before it lets the other connections
 /// of its loop run (fairness toward a client that sends without pause).
 const FULL_READS_PER_TURN: u32 = 4;
@@ -63,7 +67,9 @@ impl AsyncEngine {
     pub(crate) fn multi_thread(config: Arc<Config>, workers: usize) -> io::Result<AsyncEngine> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers.max(1))
+            .max_blocking_threads(MAX_BLOCKING)
             .thread_name("sockserv-mt")
+            .on_thread_start(crate::shutdown::mark_server_thread)
             .enable_all()
             .build()?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -88,6 +94,8 @@ impl AsyncEngine {
         for i in 0..workers.max(1) {
             let (tx, rx) = mpsc::unbounded_channel();
             let rt = tokio::runtime::Builder::new_current_thread()
+                .max_blocking_threads(MAX_BLOCKING)
+                .on_thread_start(crate::shutdown::mark_server_thread)
                 .enable_all()
                 .build()?;
             let config = Arc::clone(&config);
@@ -95,6 +103,7 @@ impl AsyncEngine {
             let t = std::thread::Builder::new()
                 .name(format!("sockserv-loop-{i}"))
                 .spawn(move || {
+                    crate::shutdown::mark_server_thread();
                     rt.block_on(worker(rx, config, stop_rx));
                     // Blocking handlers that ignore their cut sockets must
                     // not hold the server's shutdown: leave them behind.
@@ -127,19 +136,33 @@ impl Engine for AsyncEngine {
         self.send(Job::Work(work));
     }
 
-    fn stop(&self, _deadline: Instant) {
+    fn stop(&self, deadline: Instant) {
         self.config.shared.level.send_replace(FORCE);
         self.senders
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        for t in self
+        // Join the loops, but not past the deadline: a message handler that
+        // blocks its loop forever must not hold the shutdown. Such a loop
+        // is left behind (detached) and reported.
+        let threads: Vec<_> = self
             .threads
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .drain(..)
-        {
-            let _ = t.join();
+            .collect();
+        let mut pending = threads;
+        while !pending.is_empty() && Instant::now() < deadline {
+            pending.retain(|t| !t.is_finished());
+            if !pending.is_empty() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        if !pending.is_empty() {
+            tracing::warn!(
+                "{} event loop(s) blocked by a handler were left behind",
+                pending.len()
+            );
         }
         if let Some(rt) = self
             .shared_rt
@@ -223,7 +246,10 @@ fn spawn_work(work: Work, config: &Arc<Config>, stop_rx: &watch::Receiver<u8>) {
         (work, _) => {
             // Stream handlers block: run them where blocking is safe.
             let config = Arc::clone(config);
-            tokio::task::spawn_blocking(move || run::run_work(work, &config));
+            tokio::task::spawn_blocking(move || {
+                crate::shutdown::mark_server_thread();
+                run::run_work(work, &config)
+            });
         }
     }
 }
@@ -237,15 +263,25 @@ struct AsyncConn {
 
 impl AsyncConn {
     fn new(guard: TrackGuard, stream: Stream) -> io::Result<AsyncConn> {
-        stream.set_nonblocking(true)?;
-        Ok(AsyncConn {
-            _guard: guard,
-            // SAFETY: `Stream` owns its descriptor, which stays open and
-            // unchanged until the AsyncFd (which owns the Stream) drops.
-            io: unsafe {
-                AsyncFd::register_with_interest(stream, Interest::READABLE | Interest::WRITABLE)
-            }?,
-        })
+        if let Err(e) = stream.set_nonblocking(true) {
+            // Unregister before the socket closes (see TrackGuard).
+            drop(guard);
+            drop(stream);
+            return Err(e);
+        }
+        // SAFETY: `Stream` owns its descriptor, which stays open and
+        // unchanged until the AsyncFd (which owns the Stream) drops.
+        match unsafe {
+            AsyncFd::register_with_interest(stream, Interest::READABLE | Interest::WRITABLE)
+        } {
+            Ok(io) => Ok(AsyncConn { _guard: guard, io }),
+            Err(e) => {
+                let (stream, e) = e.into_parts();
+                drop(guard);
+                drop(stream);
+                Err(e)
+            }
+        }
     }
 
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
@@ -426,6 +462,10 @@ async fn serve_framed(
                 // drain busy), and a fast client yields to the others on
                 // its loop once its cooperative budget is spent.
                 if config.shared.stop.is_triggered() {
+                    // Answer what was read, then read no more.
+                    if !backlog.is_empty() {
+                        let _ = Box::pin(flush(&conn, &backlog, config)).await;
+                    }
                     break;
                 }
                 // A full read of tiny frames is thousands of handler calls,
@@ -616,7 +656,7 @@ async fn serve_datagrams(
                                 continue;
                             }
                             let _busy = config.shared.tracker.enter(None, None);
-                            handle_datagram(&config.handler, &config.hooks, &buf[..n], &peer, &sock, &mut out, &mut ends);
+                            handle_datagram(&config.handler, &config.hooks, &buf[..n], &peer, &sock, &mut out, &mut ends, false);
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             g.clear_ready();

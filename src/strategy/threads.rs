@@ -27,7 +27,10 @@ impl Engine for Threads {
         let config = Arc::clone(&self.config);
         let spawned = std::thread::Builder::new()
             .name("sockserv-conn".into())
-            .spawn(move || run::run_work(work, &config));
+            .spawn(move || {
+                crate::shutdown::mark_server_thread();
+                run::run_work(work, &config)
+            });
         if let Err(e) = spawned {
             // Out of threads: the work is dropped (its socket closes), the
             // server keeps going.

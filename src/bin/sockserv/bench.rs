@@ -38,7 +38,7 @@ error (connect, I/O, wrong reply, timeout) or nothing could be connected;
 2 for a bad command line. The report is printed in every case where the run
 took place.
 
-Examples:
+Examples (against an echo server: sockserv serve --handler echo tcp://127.0.0.1:9999):
   sockserv bench tcp://127.0.0.1:9999                    # 50 connections, 10 s
   sockserv bench -c 1000 -d 30s --warmup 2 127.0.0.1:9999
   sockserv bench -n 100000 -c 4 --json tcp://127.0.0.1:9999
@@ -51,7 +51,7 @@ const SHORT_HELP: &str = "\
 Exit status: 0 when the run had no error, 1 when it had any (the report is
 printed either way), 2 for a bad command line. More with --help.
 
-Examples:
+Examples (against an echo server: sockserv serve --handler echo tcp://127.0.0.1:9999):
   sockserv bench tcp://127.0.0.1:9999                    # 50 connections, 10 s
   sockserv bench -c 1000 -d 30s --warmup 2 127.0.0.1:9999
   sockserv bench -n 100000 -c 4 --json tcp://127.0.0.1:9999
@@ -64,8 +64,8 @@ Examples:
 #[derive(Debug, clap::Args)]
 #[command(after_help = SHORT_HELP, after_long_help = AFTER_HELP)]
 pub struct BenchArgs {
-    /// The echo server: tcp://HOST:PORT, udp://HOST:PORT, unix://PATH or
-    /// unix-dgram://PATH (a bare HOST:PORT is TCP).
+    /// The echo server: tcp://HOST:PORT, udp://HOST:PORT, unix:///PATH or
+    /// unix-dgram:///PATH (a bare HOST:PORT is TCP).
     #[arg(value_name = "ADDR")]
     pub addr: String,
 

@@ -21,7 +21,8 @@ use clap::{Parser, Subcommand};
   sockserv serve                                  # upper-case server on tcp://127.0.0.1:9999
   sockserv serve --handler echo tcp://[::1]:0 udp://127.0.0.1:0
   sockserv send 127.0.0.1:9999 hello
-  sockserv bench -c 100 -d 5 tcp://127.0.0.1:9999")]
+  sockserv serve --handler echo tcp://127.0.0.1:7000 &
+  sockserv bench -c 100 -d 5 tcp://127.0.0.1:7000     # needs an echo server")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -119,10 +119,16 @@ pub fn run(args: SendArgs) -> Result<(), CliError> {
     }
 
     if raw {
-        for m in &messages {
-            client.send_raw(m).map_err(io_err)?;
-        }
-        let _ = client.shutdown_write();
+        // Write from another thread while this one prints what comes back,
+        // then half-close: an echo of a large input cannot deadlock.
+        let data = messages.concat();
+        let writer = match client.raw_writer().map_err(io_err)? {
+            Some(mut w) => std::thread::spawn(move || -> std::io::Result<()> {
+                w.write_all(&data)?;
+                w.shutdown_write()
+            }),
+            None => return Err(CliError::runtime("raw sending needs a stream endpoint")),
+        };
         let mut got_any = false;
         loop {
             match client.recv() {
@@ -136,16 +142,31 @@ pub fn run(args: SendArgs) -> Result<(), CliError> {
                 Err(e) => return Err(io_err(e)),
             }
         }
-        return Ok(());
+        return match writer.join() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if got_any => {
+                // The server closed while we were still writing (e.g. the
+                // seed's server answers one read and hangs up).
+                tracing::debug!("write ended early: {e}");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(io_err(e)),
+            Err(_) => Err(CliError::runtime("the writing thread failed")),
+        };
     }
 
+    // One frame, then its reply: a server that answers every frame never
+    // waits on a client that is still writing (no deadlock on big input).
     for m in &messages {
-        client
-            .send(m)
-            .map_err(|e| CliError::usage(format!("cannot send this as {}: {e}", args.framing)))?;
-    }
-    let _ = client.shutdown_write();
-    for _ in 0..messages.len() {
+        if let Err(e) = client.send(m) {
+            return Err(if e.kind() == std::io::ErrorKind::InvalidInput {
+                // The framing cannot carry this message (too long, contains
+                // the delimiter, wrong size): the user's input.
+                CliError::usage(format!("cannot send this as {}: {e}", args.framing))
+            } else {
+                io_err(e)
+            });
+        }
         match client.recv().map_err(io_err)? {
             Some(reply) => {
                 out.write_all(&reply).map_err(CliError::runtime)?;
@@ -159,6 +180,7 @@ pub fn run(args: SendArgs) -> Result<(), CliError> {
             }
         }
     }
+    let _ = client.shutdown_write();
     Ok(())
 }
 

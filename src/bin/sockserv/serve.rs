@@ -45,7 +45,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     workers: Option<u32>,
 
-    /// Connections a pool queues while all workers are busy (default 4 x workers).
+    /// Connections a pool queues while all workers are busy (default: 4 x
+    /// workers).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     queue: Option<u32>,
 
@@ -98,7 +99,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     write_timeout: Duration,
 
-    /// Most connections open at once (default: unlimited).
+    /// Most connections open at once, over all the stream addresses
+    /// (default: unlimited).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_conns: Option<u64>,
 
@@ -133,29 +135,36 @@ pub(crate) fn parse_framing(s: &str) -> Result<Framing, String> {
     s.parse::<Framing>().map_err(|e| e.to_string())
 }
 
-fn strategy(args: &ServeArgs) -> Strategy {
-    match args.mode.as_str() {
-        "sequential" => Strategy::Sequential,
-        "threads" => Strategy::Threads,
-        "pool" => {
-            let Strategy::Pool { workers, queue } = Strategy::pool() else {
-                unreachable!()
-            };
-            let workers = args.workers.map_or(workers, |w| w as usize);
-            let queue = args.queue.map_or(queue.max(workers * 4), |q| q as usize);
+fn strategy(args: &ServeArgs) -> Result<Strategy, CliError> {
+    let base: Strategy = args.mode.parse().map_err(CliError::usage)?;
+    let workers = args.workers.map(|w| w as usize);
+    Ok(match base {
+        Strategy::Pool { workers: w, .. } => {
+            let workers = workers.unwrap_or(w);
+            let queue = args.queue.map_or(workers * 4, |q| q as usize);
             Strategy::Pool { workers, queue }
         }
-        "async-mt" => Strategy::AsyncMultiThread {
-            workers: args
-                .workers
-                .map_or_else(sockserv::strategy::cores, |w| w as usize),
+        Strategy::Async { workers: w } => Strategy::Async {
+            workers: workers.unwrap_or(w),
         },
-        _ => match args.workers {
-            Some(w) => Strategy::Async {
-                workers: w as usize,
-            },
-            None => Strategy::async_default(),
+        Strategy::AsyncMultiThread { workers: w } => Strategy::AsyncMultiThread {
+            workers: workers.unwrap_or(w),
         },
+        s => s,
+    })
+}
+
+/// Says which options the chosen mode and addresses make meaningless,
+/// rather than drop them silently.
+fn warn_ignored(args: &ServeArgs, strategy: Strategy) {
+    if args.workers.is_some() && matches!(strategy, Strategy::Threads | Strategy::Sequential) {
+        tracing::warn!("--workers has no effect in {} mode", args.mode);
+    }
+    if args.queue.is_some() && !matches!(strategy, Strategy::Pool { .. }) {
+        tracing::warn!("--queue has no effect outside pool mode");
+    }
+    if !args.framing.is_raw() && args.addrs.iter().any(|a| !a.transport().is_stream()) {
+        tracing::warn!("--framing does not apply to datagram addresses: a datagram is one message");
     }
 }
 
@@ -197,44 +206,64 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             .map(|m| format!("{m}\n").into_bytes()),
         ..Limits::default()
     };
-    let strategy = strategy(&args);
+    let strategy = strategy(&args)?;
+    warn_ignored(&args, strategy);
 
-    // One server per address: each transport gets the handler that fits
-    // it, and all stop together.
-    let mut servers = Vec::new();
-    for ep in &args.addrs {
-        let server = Server::builder()
-            .listen(ep)
-            .handler(args.handler.handler(ep.transport().is_stream()))
-            .framing(framing.clone())
-            .strategy(strategy)
-            .socket_options(options.clone())
-            .limits(limits.clone())
-            .bind()
-            .map_err(|e| {
-                if e.is_usage() {
-                    CliError::usage(e)
-                } else {
-                    CliError::runtime(e)
-                }
-            })?;
-        servers.push(server);
-    }
-    let handles: Vec<_> = servers.iter().map(Server::shutdown_handle).collect();
-    {
-        let mut out = std::io::stdout().lock();
-        for s in &servers {
-            let _ = writeln!(out, "listening {}", s.local_endpoint());
-        }
-        let _ = out.flush();
-    }
-    tracing::info!(mode = %strategy, handler = %args.handler, framing = %framing, "serving");
-
+    // Install the signal handlers before anything is bound or printed: a
+    // SIGTERM right after the `listening` line must drain, not kill.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
     ])
     .map_err(|e| CliError::runtime(format!("cannot install signal handlers: {e}")))?;
+
+    // One server for the stream addresses and one for the datagram ones:
+    // each gets the handler that fits its transport, the limits count
+    // across all the addresses of a server, and all stop together.
+    let mut servers = Vec::new();
+    let mut order = Vec::new();
+    for stream in [true, false] {
+        let picked: Vec<(usize, &Endpoint)> = args
+            .addrs
+            .iter()
+            .enumerate()
+            .filter(|(_, ep)| ep.transport().is_stream() == stream)
+            .collect();
+        if picked.is_empty() {
+            continue;
+        }
+        let mut builder = Server::builder()
+            .handler(args.handler.handler(stream))
+            .framing(framing.clone())
+            .strategy(strategy)
+            .socket_options(options.clone())
+            .limits(limits.clone());
+        for (_, ep) in &picked {
+            builder = builder.listen(*ep);
+        }
+        let server = builder.bind().map_err(|e| {
+            if e.is_usage() {
+                CliError::usage(e)
+            } else {
+                CliError::runtime(e)
+            }
+        })?;
+        for ((index, _), bound) in picked.iter().zip(server.local_endpoints()) {
+            order.push((*index, bound.clone()));
+        }
+        servers.push(server);
+    }
+    order.sort_by_key(|(index, _)| *index);
+    let handles: Vec<_> = servers.iter().map(Server::shutdown_handle).collect();
+    {
+        let mut out = std::io::stdout().lock();
+        for (_, endpoint) in &order {
+            let _ = writeln!(out, "listening {endpoint}");
+        }
+        let _ = out.flush();
+    }
+    tracing::info!(mode = %strategy, handler = %args.handler, framing = %framing, "serving");
+
     let signal_handles = handles.clone();
     std::thread::spawn(move || {
         for sig in signals.forever() {
