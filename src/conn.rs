@@ -132,14 +132,10 @@ impl Connection {
         (self.guard, self.stream, self.peer)
     }
 
-    /// Reads, waiting for data like a blocking socket. `honour_stop`
-    /// decides whether a server shutdown ends the wait; `Ok(None)` then
-    /// says so (as opposed to `Ok(Some(0))`, the peer's end of stream).
-    pub(crate) fn read_event(
-        &self,
-        buf: &mut [u8],
-        honour_stop: bool,
-    ) -> io::Result<Option<usize>> {
+    /// Reads, waiting for data like a blocking socket; a server shutdown
+    /// ends the wait with `Ok(None)` (as opposed to `Ok(Some(0))`, the
+    /// peer's end of stream). Data already received is returned first.
+    pub(crate) fn read_event(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         loop {
             match (&self.stream).read(buf) {
                 Ok(n) => return Ok(Some(n)),
@@ -147,11 +143,7 @@ impl Connection {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            let signal = if honour_stop {
-                Some(&self.shared.stop)
-            } else {
-                Some(&self.shared.force)
-            };
+            let signal = Some(&self.shared.stop);
             match wait_fd(
                 self.stream.as_raw_fd(),
                 libc::POLLIN,
@@ -170,7 +162,7 @@ impl Connection {
     /// Reads; a server shutdown reads as end of stream (the stream
     /// handler's drain policy).
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.read_event(buf, true).map(|n| n.unwrap_or(0))
+        self.read_event(buf).map(|n| n.unwrap_or(0))
     }
 
     fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {

@@ -157,7 +157,7 @@ fn run_framed(mut conn: Connection, handler: &dyn MessageHandler, config: &Confi
         if conn.is_shutting_down() {
             break;
         }
-        let n = match conn.read_event(&mut buf, true) {
+        let n = match conn.read_event(&mut buf) {
             // The peer closed its side: a last unterminated frame counts.
             Ok(Some(0)) => {
                 session.finish(&ctx, &mut out);

@@ -786,7 +786,6 @@ impl Server {
             .is_some_and(|max| self.shared.tracker.connections() >= max)
     }
 
-    /// Accepts one connection only to refuse it (global limit, close mode).
     /// Accepts one waiting connection only to refuse it (global limit,
     /// close mode). `Ok(false)`: nobody was waiting.
     fn refuse_one(&self, i: usize) -> io::Result<bool> {

@@ -100,19 +100,6 @@ impl Listener {
             Listener::UnixDgram(_, p) => Endpoint::UnixDgram(p.0.clone()),
         })
     }
-
-    /// Another listener on the same socket (a `dup`), for engines that poll
-    /// one listening socket from several threads.
-    pub fn try_clone_socket(&self) -> io::Result<Socket> {
-        use std::os::fd::AsFd;
-        let fd = match self {
-            Listener::Tcp(l) => l.as_fd().try_clone_to_owned()?,
-            Listener::Udp(s) => s.as_fd().try_clone_to_owned()?,
-            Listener::Unix(l, _) => l.as_fd().try_clone_to_owned()?,
-            Listener::UnixDgram(s, _) => s.as_fd().try_clone_to_owned()?,
-        };
-        Ok(Socket::from(fd))
-    }
 }
 
 fn domain_of(addr: &SocketAddr) -> Domain {
