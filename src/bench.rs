@@ -1004,7 +1004,22 @@ async fn drive_thread(
         });
     }
     let mut sockets = Vec::with_capacity(mine.len());
-    while let Some(joined) = connecting.join_next().await {
+    loop {
+        // A connect phase against a server that does not accept can take
+        // long: a Ctrl-C (the caller's stop) must end it too.
+        let joined = tokio::select! {
+            j = connecting.join_next() => match j {
+                Some(j) => j,
+                None => break,
+            },
+            _ = tokio::time::sleep(STOP_POLL) => {
+                if shared.stop.load(Ordering::Relaxed) {
+                    connecting.abort_all();
+                    break;
+                }
+                continue;
+            }
+        };
         let Ok((conn, result)) = joined else { continue };
         match result {
             Ok(sock) => {
