@@ -15,7 +15,22 @@ use sockserv::frame::Framing;
 use crate::error::CliError;
 use crate::util::parse_duration;
 
-const AFTER_HELP: &str = "\
+/// The examples both help texts end with (one copy).
+macro_rules! examples {
+    () => {
+        "Examples (against an echo server: sockserv serve --handler echo tcp://127.0.0.1:9999):
+  sockserv bench tcp://127.0.0.1:9999                    # 50 connections, 10 s
+  sockserv bench -c 1000 -d 30s --warmup 2 127.0.0.1:9999
+  sockserv bench -n 100000 -c 4 --json tcp://127.0.0.1:9999
+  sockserv bench -c 100 --pipeline 32 --framing line tcp://127.0.0.1:9999
+  sockserv bench -c 10 --rate 20000 -d 10 tcp://127.0.0.1:9999   # open loop
+  sockserv bench -c 8 --size 512 udp://127.0.0.1:9999
+  sockserv bench unix:///tmp/echo.sock"
+    };
+}
+
+const AFTER_HELP: &str = concat!(
+    "\
 Every request carries a payload unique to its connection and sequence number,
 and every reply is checked against the request it answers (in order). With
 the default raw framing a reply is exactly SIZE bytes however TCP splits it;
@@ -38,27 +53,18 @@ error (connect, I/O, wrong reply, timeout) or nothing could be connected;
 2 for a bad command line. The report is printed in every case where the run
 took place.
 
-Examples (against an echo server: sockserv serve --handler echo tcp://127.0.0.1:9999):
-  sockserv bench tcp://127.0.0.1:9999                    # 50 connections, 10 s
-  sockserv bench -c 1000 -d 30s --warmup 2 127.0.0.1:9999
-  sockserv bench -n 100000 -c 4 --json tcp://127.0.0.1:9999
-  sockserv bench -c 100 --pipeline 32 --framing line tcp://127.0.0.1:9999
-  sockserv bench -c 10 --rate 20000 -d 10 tcp://127.0.0.1:9999   # open loop
-  sockserv bench -c 8 --size 512 udp://127.0.0.1:9999
-  sockserv bench unix:///tmp/echo.sock";
+",
+    examples!()
+);
 
-const SHORT_HELP: &str = "\
+const SHORT_HELP: &str = concat!(
+    "\
 Exit status: 0 when the run had no error, 1 when it had any (the report is
 printed either way), 2 for a bad command line. More with --help.
 
-Examples (against an echo server: sockserv serve --handler echo tcp://127.0.0.1:9999):
-  sockserv bench tcp://127.0.0.1:9999                    # 50 connections, 10 s
-  sockserv bench -c 1000 -d 30s --warmup 2 127.0.0.1:9999
-  sockserv bench -n 100000 -c 4 --json tcp://127.0.0.1:9999
-  sockserv bench -c 100 --pipeline 32 --framing line tcp://127.0.0.1:9999
-  sockserv bench -c 10 --rate 20000 -d 10 tcp://127.0.0.1:9999   # open loop
-  sockserv bench -c 8 --size 512 udp://127.0.0.1:9999
-  sockserv bench unix:///tmp/echo.sock";
+",
+    examples!()
+);
 
 /// Load-test an echo server: throughput, latency percentiles, errors.
 #[derive(Debug, clap::Args)]
