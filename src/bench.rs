@@ -1504,14 +1504,7 @@ impl<'a, S: Io> Conn<'a, S> {
                 })
             }
             Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                return Ok(())
-            }
+            Err(e) if not_ready(&e) => return Ok(()),
             Err(e) => return Err(self.io_error(&e)),
         };
         self.rend += n;
@@ -1582,14 +1575,7 @@ impl<'a, S: Io> Conn<'a, S> {
         loop {
             let n = match self.sock.try_recv(&mut self.rbuf) {
                 Ok(n) => n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    return Ok(())
-                }
+                Err(e) if not_ready(&e) => return Ok(()),
                 Err(e) => return Err(self.io_error(&e)),
             };
             let now = Instant::now();
@@ -1715,6 +1701,14 @@ impl<'a, S: Io> Conn<'a, S> {
             message: format!("connection {}: {}", self.id, describe(e)),
         }
     }
+}
+
+/// A non-blocking call that simply has nothing to do yet.
+fn not_ready(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
 }
 
 fn wrong_reply(conn: usize, seq: u64, expected: &[u8], got: &[u8]) -> ConnError {

@@ -10,23 +10,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::strategies;
 use sockserv::frame::Framing;
 use sockserv::handlers::Echo;
 use sockserv::{Endpoint, Server, SocketOptions, Strategy};
 
 const FRAMES: usize = 10_000;
-
-fn strategies() -> [Strategy; 4] {
-    [
-        Strategy::Sequential,
-        Strategy::Threads,
-        Strategy::Pool {
-            workers: 4,
-            queue: 16,
-        },
-        Strategy::Async { workers: 2 },
-    ]
-}
 
 /// A small deterministic PRNG (xorshift64*): reproducible chunk sizes.
 struct Rng(u64);

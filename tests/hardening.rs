@@ -20,8 +20,9 @@
 //! The scenarios run one at a time (see `support::exclusive`). Every wait is
 //! a condition polled with a deadline. Measured figures are printed on
 //! stderr (`cargo test --test hardening -- --nocapture`); docs/RELIABILITY.md
-//! records them. Tests marked `#[ignore]` show a library bug; the reason
-//! names it.
+//! records them, with the defects these tests found (and that are fixed).
+
+mod common;
 
 #[path = "hardening/support.rs"]
 mod support;
@@ -490,8 +491,8 @@ fn drain_nonstop_writers_pool() {
 
 #[test]
 fn drain_nonstop_writers_async() {
-    // With the starvation bug only one client per loop makes progress
-    // before the shutdown: wait for two.
+    // A loop serves its connections in turns, so before the shutdown only
+    // two clients per loop are sure to have made progress: wait for two.
     drain_pipelined(ASYNC, 2, NONSTOP);
 }
 

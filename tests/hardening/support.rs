@@ -55,20 +55,8 @@ pub fn raise_nofile(want: u64) {
     );
 }
 
-/// Polls `condition` every few milliseconds until it holds or `limit`
-/// passes; true if it held.
-pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+/// Polls a condition with a deadline (shared with the other test files).
+pub use crate::common::wait_until;
 
 // ---------------------------------------------------------------------------
 // The CLI server as a child process
