@@ -3,13 +3,14 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
 
 use crate::addr::Address;
-use crate::shutdown::TrackGuard;
+use crate::shutdown::{Shared, StopLevel, StopWait};
+use crate::tracker::TrackGuard;
 
 pub(crate) enum AsyncStream {
     Tcp(tokio::net::TcpStream),
@@ -24,7 +25,7 @@ pub struct AsyncConnection {
     _guard: TrackGuard,
     stream: AsyncStream,
     peer: Address,
-    stop: watch::Receiver<u8>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for AsyncConnection {
@@ -40,13 +41,13 @@ impl AsyncConnection {
         guard: TrackGuard,
         stream: AsyncStream,
         peer: Address,
-        stop: watch::Receiver<u8>,
+        shared: Arc<Shared>,
     ) -> Self {
         AsyncConnection {
             _guard: guard,
             stream,
             peer,
-            stop,
+            shared,
         }
     }
 
@@ -59,16 +60,12 @@ impl AsyncConnection {
     /// in hand, reply, and return. (The server cuts the connection at the
     /// drain deadline regardless.)
     pub async fn shutdown_requested(&mut self) {
-        while *self.stop.borrow() == 0 {
-            if self.stop.changed().await.is_err() {
-                return;
-            }
-        }
+        StopWait::new(Arc::clone(&self.shared), StopLevel::Draining).await;
     }
 
     /// True once the server is shutting down.
     pub fn is_shutting_down(&self) -> bool {
-        *self.stop.borrow() != 0
+        self.shared.stop.is_stopping()
     }
 }
 
@@ -110,5 +107,49 @@ impl AsyncWrite for AsyncConnection {
             AsyncStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             AsyncStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
+    }
+}
+
+/// Runs an async stream handler on the current runtime, containing its
+/// errors and panics like every other handler's.
+pub(crate) async fn serve(
+    conn: crate::accept::Admitted,
+    handler: &dyn crate::handler::DynAsyncStreamHandler,
+    ctx: &crate::context::Context,
+) {
+    use crate::hooks::Failure;
+    use crate::socket::Stream;
+    use futures_util::FutureExt;
+    use std::panic::AssertUnwindSafe;
+    let crate::accept::Admitted {
+        guard,
+        stream,
+        peer,
+        ..
+    } = conn;
+    // The conversion closes the socket if it fails: unregister it first so a
+    // forced stop cannot touch a closed (and maybe reused) descriptor.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    guard.set_socket(None);
+    let converted = match stream {
+        Stream::Tcp(s) => tokio::net::TcpStream::from_std(s).map(AsyncStream::Tcp),
+        Stream::Unix(s) => tokio::net::UnixStream::from_std(s).map(AsyncStream::Unix),
+    };
+    let stream = match converted {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.hooks.error(&peer, Failure::Io(e));
+            return;
+        }
+    };
+    guard.set_socket(Some(fd));
+    let conn = AsyncConnection::new(guard, stream, peer.clone(), Arc::clone(&ctx.shared));
+    match AssertUnwindSafe(handler.handle_boxed(conn))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => ctx.hooks.error(&peer, Failure::Handler(e)),
+        Err(p) => ctx.hooks.error(&peer, Failure::from_panic(p)),
     }
 }

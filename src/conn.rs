@@ -20,28 +20,23 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::accept::Admitted;
 use crate::addr::Address;
-use crate::shutdown::{wait_fd, Shared, TrackGuard, Wake};
+use crate::context::Context;
+use crate::shutdown::{wait_fd, StopLevel, Wake};
 use crate::socket::Stream;
-
-/// The most a lingering close reads and discards before it gives up: enough
-/// to absorb requests in flight, not enough to let a peer that keeps
-/// sending (an oversized frame, say) hold the connection open.
-pub(crate) const LINGER_BUDGET: usize = 256 * 1024;
-
-/// How long a lingering close waits once the server is shutting down.
-pub(crate) const DRAIN_LINGER: Duration = Duration::from_millis(100);
+use crate::tracker::TrackGuard;
 
 /// One accepted stream connection (TCP or Unix).
 pub struct Connection {
     // Fields drop in declaration order: the guard unregisters the socket
     // before `stream` closes it, so a forced stop can never shut down a
     // descriptor number that has been reused.
-    guard: TrackGuard,
+    _guard: TrackGuard,
     stream: Stream,
     peer: Address,
     local: Address,
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
 }
@@ -56,23 +51,22 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(
-        stream: Stream,
-        peer: Address,
-        local: Address,
-        shared: Arc<Shared>,
-    ) -> io::Result<Connection> {
-        stream.set_nonblocking(true)?;
-        let guard = shared.tracker.enter(Some(stream.as_raw_fd()), peer.ip());
-        Ok(Connection {
+    pub(crate) fn new(admitted: Admitted, ctx: Arc<Context>) -> Connection {
+        let Admitted {
+            guard,
             stream,
             peer,
             local,
-            shared,
-            read_timeout: None,
-            write_timeout: None,
-            guard,
-        })
+        } = admitted;
+        Connection {
+            _guard: guard,
+            stream,
+            peer,
+            local,
+            read_timeout: ctx.timeouts.idle,
+            write_timeout: ctx.timeouts.write,
+            ctx,
+        }
     }
 
     /// The client's address (`client_address` in Python).
@@ -85,12 +79,14 @@ impl Connection {
         &self.local
     }
 
-    /// Fails reads that wait longer than `timeout` with `TimedOut`.
+    /// Fails reads that wait longer than `timeout` with `TimedOut`
+    /// (default: the server's idle timeout).
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
         self.read_timeout = timeout;
     }
 
-    /// Fails writes that wait longer than `timeout` with `TimedOut`.
+    /// Fails writes that wait longer than `timeout` with `TimedOut`
+    /// (default: the server's write timeout).
     pub fn set_write_timeout(&mut self, timeout: Option<Duration>) {
         self.write_timeout = timeout;
     }
@@ -104,7 +100,7 @@ impl Connection {
     /// True once the server is shutting down; long-running handlers can
     /// check it between units of work.
     pub fn is_shutting_down(&self) -> bool {
-        self.shared.stop.is_triggered()
+        self.ctx.shared.stop.is_stopping()
     }
 
     /// A buffered reader over this connection (Python's `rfile`).
@@ -126,43 +122,31 @@ impl Connection {
         }
     }
 
-    /// Splits the connection for an engine that drives the socket itself.
-    /// The guard must be dropped before the stream is closed.
-    pub(crate) fn into_parts(self) -> (TrackGuard, Stream, Address) {
-        (self.guard, self.stream, self.peer)
-    }
-
     /// Reads, waiting for data like a blocking socket; a server shutdown
-    /// ends the wait with `Ok(None)` (as opposed to `Ok(Some(0))`, the
-    /// peer's end of stream). Data already received is returned first.
-    pub(crate) fn read_event(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    /// ends the wait as end of stream (`Ok(0)`), as if the client had
+    /// closed its side. Data already received is returned first.
+    fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match (&self.stream).read(buf) {
-                Ok(n) => return Ok(Some(n)),
+                Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            let signal = Some(&self.shared.stop);
+            let signal = self.ctx.shared.stop.signal(StopLevel::Draining);
             match wait_fd(
                 self.stream.as_raw_fd(),
                 libc::POLLIN,
-                signal,
+                Some(signal),
                 self.read_timeout,
             )? {
                 Wake::Ready => continue,
-                Wake::Signal => return Ok(None),
+                Wake::Signal => return Ok(0),
                 Wake::Timeout => {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"))
                 }
             }
         }
-    }
-
-    /// Reads; a server shutdown reads as end of stream (the stream
-    /// handler's drain policy).
-    fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.read_event(buf).map(|n| n.unwrap_or(0))
     }
 
     fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {
@@ -173,10 +157,11 @@ impl Connection {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
+            let signal = self.ctx.shared.stop.signal(StopLevel::Forced);
             match wait_fd(
                 self.stream.as_raw_fd(),
                 libc::POLLOUT,
-                Some(&self.shared.force),
+                Some(signal),
                 self.write_timeout,
             )? {
                 Wake::Ready => continue,
@@ -193,54 +178,10 @@ impl Connection {
         }
     }
 
-    /// Lingering close: after our last reply and a half-close, read and
-    /// discard until the client closes, `linger` passes or
-    /// [`LINGER_BUDGET`] bytes were discarded, so a client that is merely
-    /// slow to close never gets a reset that could destroy replies it has
-    /// not read yet.
-    pub(crate) fn linger_close(self, linger: Duration) {
-        let _ = self.stream.shutdown(Shutdown::Write);
-        let mut deadline = std::time::Instant::now() + linger;
-        let mut sink = [0u8; 4096];
-        let mut budget = LINGER_BUDGET;
-        loop {
-            match (&self.stream).read(&mut sink) {
-                Ok(0) => break,
-                Ok(n) if n >= budget => break,
-                Ok(n) => {
-                    budget -= n;
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            }
-            // While the server drains, a client that neither reads nor
-            // closes must not hold the shutdown for the whole linger time:
-            // it gets a short grace once the stop signal is up.
-            let stopping = self.shared.stop.is_triggered();
-            if stopping {
-                deadline = deadline.min(std::time::Instant::now() + DRAIN_LINGER);
-            }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let signal = if stopping {
-                &self.shared.force
-            } else {
-                &self.shared.stop
-            };
-            match wait_fd(
-                self.stream.as_raw_fd(),
-                libc::POLLIN,
-                Some(signal),
-                Some(left),
-            ) {
-                Ok(Wake::Ready) | Ok(Wake::Signal) if !self.shared.force.is_triggered() => continue,
-                _ => break,
-            }
-        }
+    /// The polite close (half-close, lingering read), by the same pipeline
+    /// as every framed connection; then the guard, then the socket.
+    pub(crate) fn linger_close(self) {
+        crate::driver::blocking::linger_close(&self.stream, &self.ctx);
     }
 }
 

@@ -1,24 +1,85 @@
-//! Datagram sockets (UDP and Unix datagram): receiving, replying, and the
-//! job that carries one datagram to an engine.
+//! Datagrams, served once for every strategy: receive, check the source,
+//! police it, track it, run the handler, send the replies.
 //!
 //! A datagram is one message: no framing is needed or applied. A message
 //! handler on a datagram socket gets each datagram whole, and each reply it
 //! sends leaves as one datagram to the sender.
+//!
+//! A datagram's source address is whatever the sender wrote in it, so an
+//! echo that answers everything is a reflector: one spoofed datagram from
+//! the server's own address, or from another echo service, circulates
+//! forever. Before any handler runs, a datagram is dropped (and counted)
+//! when it comes from the server's own address, from a well-known service
+//! port below [`DatagramPolicy::min_source_port`] (echo 7, daytime 13,
+//! chargen 19, ... — as inetd's internal services refuse them), or from a
+//! source over its reply budget (a token bucket per source).
 
+use std::collections::HashMap;
 use std::io;
-use std::net::UdpSocket;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::accept::Burst;
 use crate::addr::Address;
+use crate::context::Context;
 use crate::handler::{Handler, Reply};
 use crate::hooks::{Failure, Hooks};
-use crate::shutdown::{wait_fd, TrackGuard};
+use crate::shutdown::wait_fd;
+use crate::tracker::TrackGuard;
 
-/// The largest datagram accepted (UDP's maximum payload).
+/// The largest UDP datagram accepted (UDP's maximum payload).
 pub const MAX_DATAGRAM: usize = 65_535;
+
+/// The largest Unix datagram accepted: Unix datagrams are bounded by the
+/// sender's buffer, not by 64 KiB. Larger ones are detected, counted and
+/// dropped, never truncated.
+pub const MAX_UNIX_DATAGRAM: usize = 256 * 1024;
+
+/// Which datagrams the server answers at all.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct DatagramPolicy {
+    /// Replies per second to one source (a token bucket with a burst of
+    /// the same size); datagrams over it are dropped before the handler.
+    /// `None`: no limit. Default 10,000.
+    pub replies_per_source: Option<u32>,
+    /// Datagrams from UDP source ports below this are dropped (well-known
+    /// services that would answer back). 0 turns it off. Default 1024.
+    pub min_source_port: u16,
+}
+
+impl Default for DatagramPolicy {
+    fn default() -> Self {
+        DatagramPolicy {
+            replies_per_source: Some(10_000),
+            min_source_port: 1024,
+        }
+    }
+}
+
+impl DatagramPolicy {
+    /// The defaults: 10,000 replies/s per source, no source port below 1024.
+    pub fn new() -> DatagramPolicy {
+        DatagramPolicy::default()
+    }
+
+    /// Sets [`replies_per_source`](Self::replies_per_source).
+    pub fn replies_per_source(mut self, per_second: Option<u32>) -> Self {
+        self.replies_per_source = per_second;
+        self
+    }
+
+    /// Sets [`min_source_port`](Self::min_source_port).
+    pub fn min_source_port(mut self, port: u16) -> Self {
+        self.min_source_port = port;
+        self
+    }
+}
 
 /// A bound datagram socket of either family.
 #[derive(Debug)]
@@ -44,11 +105,33 @@ impl DgramSocket {
         }
     }
 
-    /// Receives one datagram without waiting.
-    pub(crate) fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, Address)> {
+    /// Receives one datagram without waiting. `Ok((None, _))`: it was
+    /// larger than `buf` and was dropped (MSG_TRUNC tells).
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<(Option<usize>, Address)> {
         match self {
-            DgramSocket::Udp(s) => s.recv_from(buf).map(|(n, a)| (n, Address::Inet(a))),
-            DgramSocket::Unix(s) => s.recv_from(buf).map(|(n, a)| (n, Address::from_unix(&a))),
+            DgramSocket::Udp(s) => s.recv_from(buf).map(|(n, a)| (Some(n), Address::Inet(a))),
+            DgramSocket::Unix(s) => {
+                // SAFETY: an all-zero sockaddr_un is valid; recvfrom writes
+                // at most `len` bytes into it and into `buf`.
+                let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+                let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+                let n = unsafe {
+                    libc::recvfrom(
+                        s.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+                        (&mut addr as *mut libc::sockaddr_un).cast(),
+                        &mut len,
+                    )
+                };
+                if n < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let peer = unix_peer(&addr, len);
+                let n = n as usize;
+                Ok((if n > buf.len() { None } else { Some(n) }, peer))
+            }
         }
     }
 
@@ -68,7 +151,7 @@ impl DgramSocket {
     }
 
     /// Sends one datagram, waiting briefly if the send buffer is full.
-    pub(crate) fn send_to(&self, data: &[u8], peer: &Address) -> io::Result<()> {
+    fn send_to(&self, data: &[u8], peer: &Address) -> io::Result<()> {
         for _ in 0..3 {
             match self.try_send(data, peer) {
                 Ok(_) => return Ok(()),
@@ -91,7 +174,25 @@ impl DgramSocket {
     }
 }
 
-/// One received datagram on its way to a handler.
+fn unix_peer(addr: &libc::sockaddr_un, len: libc::socklen_t) -> Address {
+    let header = std::mem::size_of::<libc::sa_family_t>();
+    let len = (len as usize)
+        .saturating_sub(header)
+        .min(addr.sun_path.len());
+    if len == 0 || addr.sun_path[0] == 0 {
+        // Unnamed, or abstract: no path to answer to.
+        return Address::Unix(None);
+    }
+    let bytes: Vec<u8> = addr.sun_path[..len]
+        .iter()
+        .map(|&c| c as u8)
+        .take_while(|&b| b != 0)
+        .collect();
+    use std::os::unix::ffi::OsStringExt;
+    Address::Unix(Some(PathBuf::from(std::ffi::OsString::from_vec(bytes))))
+}
+
+/// One received datagram on its way to a handler on another thread.
 pub(crate) struct DatagramJob {
     pub(crate) data: Vec<u8>,
     pub(crate) peer: Address,
@@ -99,27 +200,33 @@ pub(crate) struct DatagramJob {
     pub(crate) _guard: TrackGuard,
 }
 
-/// Runs the handler on one datagram and sends its replies. Shared by every
-/// engine, so datagram handling exists once.
-///
-/// `may_wait`: a blocking engine may wait briefly for a full send buffer; an
-/// event loop must not, and drops the reply instead (UDP allows it).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn handle_datagram(
-    handler: &Handler,
-    hooks: &Hooks,
-    data: &[u8],
-    peer: &Address,
+/// Runs the handler on a job and sends its replies (may wait briefly for a
+/// full send buffer: this runs on a thread of its own).
+pub(crate) fn serve_job(job: DatagramJob, ctx: &Context) {
+    let mut out = Vec::new();
+    let mut ends = Vec::new();
+    if call_handler(
+        &ctx.handler,
+        &ctx.hooks,
+        &job.data,
+        &job.peer,
+        &mut out,
+        &mut ends,
+    ) {
+        send_replies(&job.socket, &job.peer, &out, &ends, &ctx.hooks, true);
+    }
+}
+
+fn send_replies(
     socket: &DgramSocket,
-    out: &mut Vec<u8>,
-    ends: &mut Vec<usize>,
+    peer: &Address,
+    out: &[u8],
+    ends: &[usize],
+    hooks: &Hooks,
     may_wait: bool,
 ) {
-    if !call_handler(handler, hooks, data, peer, out, ends) {
-        return;
-    }
     let mut start = 0;
-    for &end in ends.iter() {
+    for &end in ends {
         let sent = if may_wait {
             socket.send_to(&out[start..end], peer)
         } else {
@@ -135,7 +242,7 @@ pub(crate) fn handle_datagram(
 
 /// Runs the handler on one datagram, collecting its replies in `out`
 /// (each ending at the next entry of `ends`). False if it panicked.
-pub(crate) fn call_handler(
+fn call_handler(
     handler: &Handler,
     hooks: &Hooks,
     data: &[u8],
@@ -160,4 +267,381 @@ pub(crate) fn call_handler(
         }
     }
     true
+}
+
+/// Why a datagram was dropped before any handler saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dropped {
+    /// `verify_request` refused the source.
+    Refused,
+    /// From the server's own address (a loop).
+    Ourselves,
+    /// From a well-known service port (a loop between services).
+    ServicePort,
+    /// The source is over its reply budget.
+    Rate,
+    /// Larger than the largest datagram accepted.
+    Truncated,
+}
+
+/// Counts of dropped datagrams, for logs and metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct DropCounts {
+    pub(crate) refused: u64,
+    pub(crate) ourselves: u64,
+    pub(crate) service_port: u64,
+    pub(crate) rate: u64,
+    pub(crate) truncated: u64,
+}
+
+/// A token bucket per source address, bounded in memory.
+#[derive(Debug)]
+struct Buckets {
+    rate: f64,
+    map: HashMap<Address, (f64, Instant)>,
+}
+
+/// Sources tracked at most; past it, idle buckets are forgotten.
+const MAX_SOURCES: usize = 65_536;
+
+impl Buckets {
+    fn allow(&mut self, peer: &Address, now: Instant) -> bool {
+        if self.map.len() >= MAX_SOURCES && !self.map.contains_key(peer) {
+            let rate = self.rate;
+            // A full bucket after a second idle: forgetting it is exact.
+            self.map.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < rate
+            });
+            if self.map.len() >= MAX_SOURCES {
+                self.map.clear();
+            }
+        }
+        let rate = self.rate;
+        let (tokens, at) = self.map.entry(peer.clone()).or_insert((rate, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The server's own addresses, to never answer itself.
+#[derive(Debug)]
+enum Own {
+    Inet {
+        port: u16,
+        ips: Vec<IpAddr>,
+    },
+    Unix {
+        path: Option<PathBuf>,
+        id: Option<(u64, u64)>,
+    },
+}
+
+/// One datagram socket as a server serves it: the receive buffers and the
+/// checks. Owned by whichever thread receives (an event loop, or the
+/// serving thread for the blocking strategies).
+pub(crate) struct DgramServer {
+    pub(crate) socket: Arc<DgramSocket>,
+    buf: Vec<u8>,
+    batch: Option<Box<crate::mmsg::Batch>>,
+    out: Vec<u8>,
+    ends: Vec<usize>,
+    own: Own,
+    buckets: Option<Buckets>,
+    policy: DatagramPolicy,
+    pub(crate) dropped: DropCounts,
+    burst: Burst,
+}
+
+/// Datagrams one socket may take per turn before others get theirs.
+pub(crate) const DATAGRAMS_PER_TURN: usize = 256;
+
+impl DgramServer {
+    pub(crate) fn new(
+        socket: Arc<DgramSocket>,
+        policy: DatagramPolicy,
+        batched: bool,
+    ) -> DgramServer {
+        let own = match &*socket {
+            DgramSocket::Udp(s) => match s.local_addr() {
+                Ok(a) => Own::Inet {
+                    port: a.port(),
+                    ips: if a.ip().is_unspecified() {
+                        local_ips()
+                    } else {
+                        vec![a.ip()]
+                    },
+                },
+                Err(_) => Own::Inet {
+                    port: 0,
+                    ips: Vec::new(),
+                },
+            },
+            DgramSocket::Unix(s) => {
+                let path = s
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(|p| p.to_path_buf()));
+                let id = path
+                    .as_ref()
+                    .and_then(|p| std::fs::metadata(p).ok())
+                    .map(|m| (m.dev(), m.ino()));
+                Own::Unix { path, id }
+            }
+        };
+        let unix = matches!(&*socket, DgramSocket::Unix(_));
+        if let DgramSocket::Unix(u) = &*socket {
+            // Room for the largest datagram we accept; the kernel clamps it.
+            let _ = socket2::SockRef::from(u).set_recv_buffer_size(MAX_UNIX_DATAGRAM * 2);
+        }
+        DgramServer {
+            buf: vec![
+                0u8;
+                if unix {
+                    MAX_UNIX_DATAGRAM
+                } else {
+                    MAX_DATAGRAM
+                }
+            ],
+            batch: (batched && !unix).then(crate::mmsg::Batch::new),
+            socket,
+            out: Vec::new(),
+            ends: Vec::new(),
+            own,
+            buckets: policy.replies_per_source.map(|r| Buckets {
+                rate: f64::from(r.max(1)),
+                map: HashMap::new(),
+            }),
+            policy,
+            dropped: DropCounts::default(),
+            burst: Burst::default(),
+        }
+    }
+
+    /// The checks before any handler runs.
+    fn admit(&mut self, peer: &Address, ctx: &Context, now: Instant) -> Result<(), Dropped> {
+        if !ctx.hooks.verify(peer) {
+            return Err(Dropped::Refused);
+        }
+        match (&self.own, peer) {
+            (Own::Inet { port, ips }, Address::Inet(a)) => {
+                if a.port() == *port && (ips.contains(&a.ip()) || a.ip().is_loopback()) {
+                    return Err(Dropped::Ourselves);
+                }
+                if a.port() < self.policy.min_source_port {
+                    return Err(Dropped::ServicePort);
+                }
+            }
+            (Own::Unix { path, id }, Address::Unix(Some(p))) => {
+                if path.as_deref() == Some(p.as_path()) {
+                    return Err(Dropped::Ourselves);
+                }
+                // A client path swapped for a symlink (to our own socket,
+                // say): a bound socket file is never a symlink.
+                match std::fs::symlink_metadata(p) {
+                    Ok(m) if m.file_type().is_symlink() => return Err(Dropped::Ourselves),
+                    Ok(m) if Some((m.dev(), m.ino())) == *id => return Err(Dropped::Ourselves),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+        if let Some(b) = self.buckets.as_mut() {
+            if !b.allow(peer, now) {
+                return Err(Dropped::Rate);
+            }
+        }
+        Ok(())
+    }
+
+    fn count(&mut self, why: Dropped, peer: &Address) {
+        let c = &mut self.dropped;
+        match why {
+            Dropped::Refused => c.refused += 1,
+            Dropped::Ourselves => c.ourselves += 1,
+            Dropped::ServicePort => c.service_port += 1,
+            Dropped::Rate => c.rate += 1,
+            Dropped::Truncated => c.truncated += 1,
+        }
+        if why == Dropped::Refused {
+            return;
+        }
+        let what = match why {
+            Dropped::Ourselves => "it comes from the server's own address",
+            Dropped::ServicePort => "it comes from a well-known service port",
+            Dropped::Rate => "its source is over its reply budget",
+            _ => "it is larger than the largest datagram accepted",
+        };
+        self.burst.hit(|more| {
+            if more > 0 {
+                tracing::warn!(%peer, "dropped a datagram: {what} ({more} more dropped before)");
+            } else {
+                tracing::warn!(%peer, "dropped a datagram: {what}");
+            }
+        });
+    }
+
+    /// Receives one datagram that passes the checks, for a handler on
+    /// another thread. `Ok(None)`: one was dropped, try again.
+    pub(crate) fn recv_job(&mut self, ctx: &Context) -> io::Result<Option<DatagramJob>> {
+        let (n, peer) = self.socket.try_recv(&mut self.buf)?;
+        let Some(n) = n else {
+            self.count(Dropped::Truncated, &peer);
+            return Ok(None);
+        };
+        if let Err(why) = self.admit(&peer, ctx, Instant::now()) {
+            self.count(why, &peer);
+            return Ok(None);
+        }
+        Ok(Some(DatagramJob {
+            data: self.buf[..n].to_vec(),
+            peer,
+            socket: Arc::clone(&self.socket),
+            _guard: ctx.shared.tracker.enter(None, None),
+        }))
+    }
+
+    /// Serves what is waiting, inline (an event loop): at most
+    /// [`DATAGRAMS_PER_TURN`]. True when the socket is drained.
+    pub(crate) fn serve_ready(&mut self, ctx: &Context) -> bool {
+        let now = Instant::now();
+        let _busy = ctx.shared.tracker.enter(None, None);
+        if self.batch.is_some() {
+            return self.serve_udp_batches(ctx, now);
+        }
+        for _ in 0..DATAGRAMS_PER_TURN {
+            let (n, peer) = match self.socket.try_recv(&mut self.buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // ICMP errors from earlier replies surface here; they
+                    // concern one peer only.
+                    tracing::debug!("datagram receive error: {e}");
+                    continue;
+                }
+            };
+            let Some(n) = n else {
+                self.count(Dropped::Truncated, &peer);
+                continue;
+            };
+            if let Err(why) = self.admit(&peer, ctx, now) {
+                self.count(why, &peer);
+                continue;
+            }
+            let (data, out, ends) = (&self.buf[..n], &mut self.out, &mut self.ends);
+            if call_handler(&ctx.handler, &ctx.hooks, data, &peer, out, ends) {
+                send_replies(&self.socket, &peer, out, ends, &ctx.hooks, false);
+            }
+        }
+        false
+    }
+
+    /// UDP: many datagrams per system call each way.
+    fn serve_udp_batches(&mut self, ctx: &Context, now: Instant) -> bool {
+        let fd = self.socket.as_raw_fd();
+        let mut taken = 0;
+        while taken < DATAGRAMS_PER_TURN {
+            let Some(batch) = self.batch.as_mut() else {
+                return true;
+            };
+            let n = match batch.recv(fd) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!("datagram receive error: {e}");
+                    taken += 1;
+                    continue;
+                }
+            };
+            taken += n.max(1);
+            for i in 0..n {
+                let Some((from, len)) = self
+                    .batch
+                    .as_ref()
+                    .and_then(|b| b.datagram(i).map(|(d, a)| (a, d.len())))
+                else {
+                    continue;
+                };
+                let peer = Address::Inet(from);
+                if let Err(why) = self.admit(&peer, ctx, now) {
+                    self.count(why, &peer);
+                    continue;
+                }
+                let Some(batch) = self.batch.as_mut() else {
+                    return true;
+                };
+                let Some((data, _)) = batch.datagram(i) else {
+                    continue;
+                };
+                debug_assert_eq!(data.len(), len);
+                let (out, ends) = (&mut self.out, &mut self.ends);
+                // The handler sees the datagram in place; replies are
+                // queued and sent in batches after it.
+                let data = data.to_vec();
+                if call_handler(&ctx.handler, &ctx.hooks, &data, &peer, out, ends)
+                    && !ends.is_empty()
+                {
+                    batch.queue(out, ends, from);
+                }
+            }
+            if let Some(batch) = self.batch.as_mut() {
+                if let Err(e) = batch.flush(fd) {
+                    tracing::debug!("datagram send error: {e}");
+                }
+            }
+            if n < crate::mmsg::BATCH {
+                // A short batch means the socket is drained for now.
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Every IP address of this host's interfaces (for "is this us?").
+fn local_ips() -> Vec<IpAddr> {
+    let mut ips = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below; each
+    // ifa_addr is null or points at a sockaddr of the family it names.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return ips;
+        }
+        let mut p = head;
+        while !p.is_null() {
+            let a = (*p).ifa_addr;
+            if !a.is_null() {
+                match i32::from((*a).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*(a as *const libc::sockaddr_in);
+                        ips.push(IpAddr::from(
+                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                        ));
+                    }
+                    libc::AF_INET6 => {
+                        let sin = &*(a as *const libc::sockaddr_in6);
+                        ips.push(IpAddr::from(sin.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+            p = (*p).ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    ips
+}
+
+/// For the `SocketAddr` form used by tests and callers.
+#[allow(dead_code)]
+pub(crate) fn is_service_port(a: &SocketAddr, policy: &DatagramPolicy) -> bool {
+    a.port() < policy.min_source_port
 }

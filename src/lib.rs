@@ -44,40 +44,46 @@
 //! | `server_address` | [`Server::local_endpoint`] (port 0 resolved) |
 //! | `block_on_close`, `daemon_threads` | the drain policy: [`Limits::drain_timeout`] |
 
+mod accept;
 pub mod addr;
 mod async_conn;
 pub mod bench;
 pub mod client;
+mod config;
 mod conn;
+mod context;
 mod dgram;
+mod driver;
 pub mod error;
 pub mod frame;
 pub mod handler;
 pub mod handlers;
 mod hooks;
 mod mmsg;
+mod pipeline;
 mod run;
-pub mod server;
-mod session;
+mod server;
 mod shutdown;
-pub mod socket;
-pub mod strategy;
+mod socket;
+mod strategy;
+mod tracker;
 
 pub use addr::{Address, Endpoint, Transport};
 pub use async_conn::AsyncConnection;
 pub use client::Client;
+pub use config::{DrainPolicy, Limits, OverLimit, Timeouts};
 pub use conn::Connection;
-pub use dgram::{DgramSocket, MAX_DATAGRAM};
+pub use dgram::{DatagramPolicy, MAX_DATAGRAM, MAX_UNIX_DATAGRAM};
 pub use error::Error;
 pub use handler::{
     AsyncStreamHandler, DatagramHandler, Handler, HandlerResult, MessageHandler, Reply,
     StreamHandler,
 };
 pub use hooks::Failure;
-pub use server::{Builder, Handled, Limits, OverLimit, Server};
+pub use server::{Builder, Handled, IntoEndpoint, Server};
 pub use shutdown::ShutdownHandle;
 pub use socket::SocketOptions;
-pub use strategy::Strategy;
+pub use strategy::{Strategy, UnknownMode};
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]

@@ -1,18 +1,20 @@
 //! The server: one lifecycle for every transport and strategy.
 //!
 //! ```text
-//!   bind ──► serve_forever ──► accept ──► verify_request ──► engine.dispatch
-//!                 ▲               │  (EMFILE: back off)          │
-//!                 │               ▼                              ▼
-//!          service_actions   recv datagram ───────────► handler (stream /
-//!                                                          message / datagram)
-//!   shutdown(): stop accepting ─► drain (replies written, idle closed)
-//!               ─► drain deadline: cut the rest ─► serve_forever returns
+//!   bind ──► serve_forever ──► accept ──► gate (limits, verify) ──► engine
+//!                 ▲               │  (EMFILE: back off)                │
+//!                 │               ▼                                    ▼
+//!          service_actions   datagram ──► checks ─────────► handler (stream /
+//!                                                              message / datagram)
+//!   shutdown(): stop accepting ─► serve the backlog ─► drain (replies
+//!               written, idle closed) ─► at the grace: cut the rest ─► return
 //! ```
 //!
-//! The accept loop runs on the thread that calls [`Server::serve_forever`]
-//! and waits in `epoll` on every listener plus a waker, so a shutdown from
-//! another thread is seen at once, with no polling interval.
+//! Where accepting happens depends on the engine: the blocking strategies
+//! accept on the thread that calls [`Server::serve_forever`] (waiting in
+//! epoll on every listener plus a waker, so a shutdown from another thread
+//! is seen at once); event loops accept in each loop, where the connection
+//! will be served. Both go through the same gate (`crate::accept`).
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -22,92 +24,21 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
+use crate::accept::{Accepted, Acceptor, StreamListener};
 use crate::addr::{Address, Endpoint};
-use crate::conn::Connection;
-use crate::dgram::{DatagramJob, DgramSocket, MAX_DATAGRAM};
+use crate::config::{DrainPolicy, Limits, Timeouts};
+use crate::context::Context;
+use crate::dgram::{DatagramPolicy, DgramServer, DgramSocket};
+use crate::driver::event_loop::{EventLoops, SharedListener};
 use crate::error::Error;
 use crate::frame::Framing;
 use crate::handler::{DatagramHandler, Handler, MessageHandler, StreamHandler};
 use crate::hooks::{Failure, Hooks};
 use crate::shutdown::{Shared, ShutdownHandle};
-use crate::socket::{self, Listener, SocketOptions, Stream};
-use crate::strategy::{self, Engine, Strategy, Work};
+use crate::socket::{self, Listener, PathGuard, SocketOptions};
+use crate::strategy::{pool::Workers, Engine, Strategy, Work};
 
 const WAKE: Token = Token(usize::MAX);
-
-/// Datagrams one listener may take per turn of the serve loop before the
-/// others get theirs.
-const DATAGRAMS_PER_TURN: usize = 256;
-
-/// Timeouts and limits that protect a server from its peers.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Close a connection that sends nothing for this long.
-    pub idle_timeout: Option<Duration>,
-    /// Fail a write that cannot make progress for this long (a peer that
-    /// never reads).
-    pub write_timeout: Option<Duration>,
-    /// After the last reply and a half-close, how long to keep reading and
-    /// discarding before closing (lingering close).
-    pub linger: Duration,
-    /// How long a shutdown waits for connections to finish before cutting
-    /// them.
-    pub drain_timeout: Duration,
-    /// Close a connection whose frame has started but not finished for this
-    /// long (slow senders, slowloris). Message handlers only.
-    pub read_timeout: Option<Duration>,
-    /// Most connections open at once; what happens at the limit is
-    /// [`over_limit`](Self::over_limit). Threads, tasks and buffers are
-    /// bounded by it in every strategy.
-    pub max_connections: Option<usize>,
-    /// Most connections open at once from one IP address; over it a new
-    /// connection is accepted, sent [`limit_message`](Self::limit_message)
-    /// if set, and closed.
-    pub max_connections_per_ip: Option<usize>,
-    /// At the global limit: stop accepting (the kernel backlog holds the
-    /// rest) or accept and close.
-    pub over_limit: OverLimit,
-    /// Sent (best effort) to a connection refused by a limit.
-    pub limit_message: Option<Vec<u8>>,
-}
-
-/// What the server does with new connections at its connection limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OverLimit {
-    /// Stop accepting until a connection finishes; new clients wait in the
-    /// kernel's backlog (tcpserver's and socat's behaviour). The default.
-    #[default]
-    Wait,
-    /// Accept, send the limit message if any, and close at once (ncat's and
-    /// systemd's behaviour): clients learn at once that the server is full.
-    Close,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            idle_timeout: None,
-            write_timeout: Some(Duration::from_secs(30)),
-            linger: Duration::from_secs(2),
-            drain_timeout: Duration::from_secs(10),
-            read_timeout: None,
-            max_connections: None,
-            max_connections_per_ip: None,
-            over_limit: OverLimit::Wait,
-            limit_message: None,
-        }
-    }
-}
-
-/// Everything the engines need, shared read-only.
-pub(crate) struct Config {
-    pub(crate) handler: Handler,
-    pub(crate) framing: Framing,
-    pub(crate) hooks: Hooks,
-    pub(crate) limits: Limits,
-    pub(crate) options: SocketOptions,
-    pub(crate) shared: Arc<Shared>,
-}
 
 /// Configures and binds a [`Server`].
 ///
@@ -134,6 +65,10 @@ pub struct Builder {
     options: SocketOptions,
     hooks: Hooks,
     limits: Limits,
+    timeouts: Timeouts,
+    drain: DrainPolicy,
+    datagrams: DatagramPolicy,
+    blocking: bool,
     timeout: Option<Duration>,
     service_interval: Option<Duration>,
 }
@@ -148,6 +83,10 @@ impl Default for Builder {
             options: SocketOptions::default(),
             hooks: Hooks::default(),
             limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            drain: DrainPolicy::default(),
+            datagrams: DatagramPolicy::default(),
+            blocking: false,
             timeout: None,
             service_interval: None,
         }
@@ -239,9 +178,37 @@ impl Builder {
         self
     }
 
-    /// Timeouts and limits.
+    /// How much the server takes on: connection limits, the per-peer
+    /// limit, the reply backlog.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// How slow a peer may be: idle, read and write timeouts.
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// How a stop ends: the drain's grace, the lingering close.
+    pub fn drain(mut self, drain: DrainPolicy) -> Self {
+        self.drain = drain;
+        self
+    }
+
+    /// Which datagrams are answered at all (loop and reflection guards).
+    pub fn datagram_policy(mut self, policy: DatagramPolicy) -> Self {
+        self.datagrams = policy;
+        self
+    }
+
+    /// The message handler blocks (a database call, a slow computation):
+    /// under the event-loop strategy, run it on a pool of worker threads
+    /// ([`Strategy::pool`]'s size) instead of inside the loops, so one slow
+    /// call never stalls the other connections of its loop.
+    pub fn blocking(mut self, blocks: bool) -> Self {
+        self.blocking = blocks;
         self
     }
 
@@ -287,7 +254,8 @@ impl Builder {
         self
     }
 
-    /// Opens every listener and starts the strategy's workers.
+    /// Opens every listener and starts the strategy's threads. Nothing is
+    /// left running if it fails.
     pub fn bind(self) -> Result<Server, Error> {
         let handler = self.handler.ok_or_else(|| {
             Error::config("no handler: call .stream(), .message() or .datagram()")
@@ -317,9 +285,7 @@ impl Builder {
         }
         let strategy = self.strategy.resolve_for(&handler);
         match strategy {
-            Strategy::Pool { workers: 0, .. }
-            | Strategy::Async { workers: 0 }
-            | Strategy::AsyncMultiThread { workers: 0 } => {
+            Strategy::Pool { workers: 0, .. } | Strategy::EventLoops { loops: 0 } => {
                 return Err(Error::config("a strategy needs at least one worker"))
             }
             Strategy::Pool { queue: 0, .. } => {
@@ -331,12 +297,18 @@ impl Builder {
         for ep in &endpoints {
             listeners.push(socket::bind(ep, &self.options)?);
         }
-        let shared = Arc::new(Shared::new(self.limits.drain_timeout)?);
-        let config = Arc::new(Config {
+        let shared = Arc::new(
+            Shared::new(self.drain.grace)
+                .map_err(|e| Error::socket("cannot create the stop signal", e))?,
+        );
+        let ctx = Arc::new(Context {
             handler,
             framing: self.framing,
             hooks: self.hooks,
             limits: self.limits,
+            timeouts: self.timeouts,
+            drain: self.drain,
+            datagrams: self.datagrams,
             options: self.options,
             shared: Arc::clone(&shared),
         });
@@ -346,50 +318,134 @@ impl Builder {
             mio::Waker::new(poll.registry(), WAKE)
                 .map_err(|e| Error::socket("cannot create the accept loop's waker", e))?,
         );
-        let engine = strategy::engine(strategy, &config)
-            .map_err(|e| Error::socket(format!("cannot start the {strategy} workers"), e))?;
-        let engine: Arc<dyn Engine> = Arc::from(engine);
+        let mut bound = Vec::new();
+        let mut guards = Vec::new();
+        let mut streams = Vec::new();
+        let mut dgrams = Vec::new();
+        for (l, ep) in listeners.into_iter().zip(&endpoints) {
+            bound.push(l.local_endpoint()?);
+            let name = bound.last().cloned().unwrap_or_else(|| ep.clone());
+            match l {
+                Listener::Tcp(t) => {
+                    t.set_nonblocking(true)?;
+                    streams.push(Arc::new(SharedListener {
+                        listener: StreamListener::Tcp(t),
+                        name,
+                    }));
+                }
+                Listener::Unix(u, g) => {
+                    u.set_nonblocking(true)?;
+                    let local = Address::Unix(Some(g.0.clone()));
+                    guards.push(g);
+                    streams.push(Arc::new(SharedListener {
+                        listener: StreamListener::Unix(u, local),
+                        name,
+                    }));
+                }
+                Listener::Udp(u) => {
+                    let s = DgramSocket::Udp(u);
+                    s.set_nonblocking(true)?;
+                    dgrams.push(Arc::new(s));
+                }
+                Listener::UnixDgram(u, g) => {
+                    guards.push(g);
+                    let s = DgramSocket::Unix(u);
+                    s.set_nonblocking(true)?;
+                    dgrams.push(Arc::new(s));
+                }
+            }
+        }
+        let threads_err =
+            |e: io::Error| Error::socket(format!("cannot start the {strategy} threads"), e);
+        // The engine is built last: every fallible step is behind us, and
+        // should building it fail, what it started stops when it drops.
+        let message_like = matches!(ctx.handler, Handler::Message(_) | Handler::Datagram(_));
+        let engine = match (strategy, message_like) {
+            (Strategy::Sequential, _) => Engine::Sequential(Default::default()),
+            (Strategy::Threads, _) => Engine::Threads(Default::default()),
+            (Strategy::Pool { workers, .. }, true) => {
+                let w = Workers::start(&ctx, workers, usize::MAX).map_err(threads_err)?;
+                let loops =
+                    EventLoops::start(&ctx, loops_default(), streams, dgrams, Some(Arc::clone(&w)))
+                        .map_err(threads_err)?;
+                streams = Vec::new();
+                dgrams = Vec::new();
+                Engine::Loops {
+                    loops,
+                    workers: Some(w),
+                }
+            }
+            (Strategy::Pool { workers, queue }, false) => {
+                if matches!(ctx.handler, Handler::AsyncStream(_)) {
+                    Engine::Tokio(crate::strategy::tokio_engine(workers).map_err(threads_err)?)
+                } else {
+                    Engine::StreamPool(Workers::start(&ctx, workers, queue).map_err(threads_err)?)
+                }
+            }
+            (Strategy::EventLoops { loops }, true) => {
+                let w = if self.blocking {
+                    let Strategy::Pool { workers, .. } = Strategy::pool() else {
+                        unreachable!("pool() is a pool")
+                    };
+                    Some(Workers::start(&ctx, workers, usize::MAX).map_err(threads_err)?)
+                } else {
+                    None
+                };
+                let loops = EventLoops::start(&ctx, loops, streams, dgrams, w.clone())
+                    .map_err(threads_err)?;
+                streams = Vec::new();
+                dgrams = Vec::new();
+                Engine::Loops { loops, workers: w }
+            }
+            (Strategy::EventLoops { loops }, false) => {
+                if matches!(ctx.handler, Handler::AsyncStream(_)) {
+                    Engine::Tokio(crate::strategy::tokio_engine(loops).map_err(threads_err)?)
+                } else {
+                    // Stream handlers block: a thread each.
+                    Engine::Threads(Default::default())
+                }
+            }
+            (Strategy::Auto, _) => unreachable!("resolved above"),
+        };
+        let mut sources = Vec::new();
+        for (i, l) in streams.into_iter().enumerate() {
+            poll.registry().register(
+                &mut SourceFd(&l.listener.raw_fd()),
+                Token(i),
+                Interest::READABLE,
+            )?;
+            sources.push(Source::Stream(l, Acceptor::default()));
+        }
+        let policy = ctx.datagrams;
+        for d in dgrams {
+            let token = Token(sources.len());
+            poll.registry()
+                .register(&mut SourceFd(&d.as_raw_fd()), token, Interest::READABLE)?;
+            sources.push(Source::Dgram(
+                Box::new(DgramServer::new(d, policy, false)),
+                None,
+            ));
+        }
         {
-            let mut wakers = shared.wakers.lock().unwrap_or_else(|p| p.into_inner());
             let w = Arc::clone(&waker);
-            wakers.push(Box::new(move || {
+            shared
+                .wakers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Box::new(move || {
+                    let _ = w.wake();
+                }));
+            let w = Arc::clone(&waker);
+            shared.tracker.on_free(Box::new(move || {
                 let _ = w.wake();
             }));
-            let e = Arc::clone(&engine);
-            wakers.push(Box::new(move || e.wake()));
-        }
-        let mut sources = Vec::new();
-        let mut bound = Vec::new();
-        for (i, l) in listeners.into_iter().enumerate() {
-            bound.push(l.local_endpoint()?);
-            let source = Source::new(l)?;
-            let adopted = match &source {
-                Source::Dgram(s, _) => engine.adopt_datagram_socket(s),
-                _ => false,
-            };
-            if !adopted {
-                poll.registry().register(
-                    &mut SourceFd(&source.raw_fd()),
-                    Token(i),
-                    Interest::READABLE,
-                )?;
-            }
-            sources.push(ListenerState {
-                source,
-                retry_at: None,
-                error_burst: 0,
-                backoff: Duration::ZERO,
-                adopted,
-                at_limit: false,
-            });
         }
         Ok(Server {
-            waker,
-            dgram_buf: vec![0u8; MAX_DATAGRAM],
             drained: false,
             sources,
+            guards,
             bound,
-            config,
+            ctx,
             engine,
             shared,
             poll,
@@ -400,63 +456,24 @@ impl Builder {
     }
 }
 
-/// A listening socket as the accept loop holds it.
+/// The loops of the pool strategy for message handlers.
+fn loops_default() -> usize {
+    match Strategy::event_loops() {
+        Strategy::EventLoops { loops } => loops,
+        _ => 1,
+    }
+}
+
+/// A socket the serving thread itself accepts or receives from.
 enum Source {
-    Tcp(std::net::TcpListener),
-    Unix(std::os::unix::net::UnixListener, socket::PathGuard),
-    /// The path guard removes a Unix datagram socket's file on close.
-    Dgram(
-        Arc<DgramSocket>,
-        #[allow(dead_code)] Option<socket::PathGuard>,
-    ),
-}
-
-impl Source {
-    fn new(l: Listener) -> io::Result<Source> {
-        Ok(match l {
-            Listener::Tcp(t) => {
-                t.set_nonblocking(true)?;
-                Source::Tcp(t)
-            }
-            Listener::Unix(u, g) => {
-                u.set_nonblocking(true)?;
-                Source::Unix(u, g)
-            }
-            Listener::Udp(u) => {
-                let s = DgramSocket::Udp(u);
-                s.set_nonblocking(true)?;
-                Source::Dgram(Arc::new(s), None)
-            }
-            Listener::UnixDgram(u, g) => {
-                let s = DgramSocket::Unix(u);
-                s.set_nonblocking(true)?;
-                Source::Dgram(Arc::new(s), Some(g))
-            }
-        })
-    }
-
-    fn raw_fd(&self) -> i32 {
-        match self {
-            Source::Tcp(t) => t.as_raw_fd(),
-            Source::Unix(u, _) => u.as_raw_fd(),
-            Source::Dgram(s, _) => s.as_raw_fd(),
-        }
-    }
-}
-
-struct ListenerState {
-    source: Source,
-    /// Set after a resource error (EMFILE, ...): retry accepting then.
-    retry_at: Option<Instant>,
-    error_burst: u64,
-    backoff: Duration,
-    adopted: bool,
-    /// Accepting is paused at the connection limit.
-    at_limit: bool,
+    Stream(Arc<SharedListener>, Acceptor),
+    /// Datagrams, with a retry time when a turn's budget ran out.
+    Dgram(Box<DgramServer>, Option<Instant>),
 }
 
 /// What [`Server::handle_request`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Handled {
     /// One connection or datagram was dispatched.
     Request,
@@ -468,15 +485,14 @@ pub enum Handled {
 
 /// A bound server, ready to serve.
 pub struct Server {
-    waker: Arc<mio::Waker>,
-    /// Receive buffer for datagrams (one datagram is copied out per job).
-    dgram_buf: Vec<u8>,
     /// Set once the drain has run (by `serve_forever` or by drop).
     drained: bool,
-    sources: Vec<ListenerState>,
+    sources: Vec<Source>,
+    /// Removes the Unix socket files at the end.
+    guards: Vec<PathGuard>,
     bound: Vec<Endpoint>,
-    config: Arc<Config>,
-    engine: Arc<dyn Engine>,
+    ctx: Arc<Context>,
+    engine: Engine,
     shared: Arc<Shared>,
     poll: Poll,
     strategy: Strategy,
@@ -491,18 +507,6 @@ impl std::fmt::Debug for Server {
             .field("strategy", &self.strategy)
             .finish()
     }
-}
-
-/// Accept errors that concern one connection only: skip it, keep going.
-fn is_connection_error(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ECONNABORTED)
-            | Some(libc::ECONNRESET)
-            | Some(libc::EPROTO)
-            | Some(libc::EPERM)
-            | Some(libc::EINTR)
-    )
 }
 
 impl Server {
@@ -534,14 +538,14 @@ impl Server {
     }
 
     /// Serves until a shutdown is requested, then drains: stops accepting,
-    /// lets connections write the replies to everything they have read,
-    /// closes idle ones, and after the drain timeout cuts the rest. Returns
-    /// once that is done.
+    /// serves the connections already in the listen backlog, lets every
+    /// connection write the replies to what it has read, closes idle ones,
+    /// and after the drain's grace cuts the rest. Returns once that is done.
     pub fn serve_forever(mut self) -> Result<(), Error> {
         let _serving = self.shared.enter_serving();
         let mut events = Events::with_capacity(256);
         let result = loop {
-            if self.shared.stop.is_triggered() {
+            if self.shared.stop.is_stopping() {
                 break Ok(());
             }
             let timeout = self.poll_timeout();
@@ -557,15 +561,19 @@ impl Server {
                 .map(|e| e.token().0)
                 .collect();
             let now = Instant::now();
-            for (i, l) in self.sources.iter().enumerate() {
-                if (l.at_limit || l.retry_at.is_some_and(|t| t <= now)) && !ready.contains(&i) {
+            for (i, s) in self.sources.iter().enumerate() {
+                let due = match s {
+                    Source::Stream(_, a) => a.paused || a.retry_at.is_some_and(|t| t <= now),
+                    Source::Dgram(_, again) => again.is_some_and(|t| t <= now),
+                };
+                if due && !ready.contains(&i) {
                     ready.push(i);
                 }
             }
             for i in ready {
-                self.drain_listener(i, usize::MAX);
+                self.take_from(i, usize::MAX);
             }
-            if let Some(f) = &self.config.hooks.service_actions {
+            if let Some(f) = &self.ctx.hooks.service_actions {
                 f();
             }
         };
@@ -578,7 +586,10 @@ impl Server {
         let retry = self
             .sources
             .iter()
-            .filter_map(|l| l.retry_at)
+            .filter_map(|s| match s {
+                Source::Stream(_, a) => a.retry_at,
+                Source::Dgram(_, again) => *again,
+            })
             .min()
             .map(|t| t.saturating_duration_since(now));
         match (retry, self.service_interval) {
@@ -591,28 +602,29 @@ impl Server {
     /// a connection or datagram, dispatches it to the strategy and returns.
     /// Calls `handle_timeout` if nothing came (Python's `handle_request`).
     pub fn handle_request(&mut self) -> Result<Handled, Error> {
-        if self.sources.iter().any(|l| l.adopted) {
+        if self.engine.accepts_itself() {
             return Err(Error::config(
-                "handle_request cannot take single datagrams from a socket the async strategy \
-                 serves itself; use serve_forever, or a blocking strategy",
+                "handle_request needs a strategy whose connections the serving thread accepts \
+                 (sequential, threads, or a pool of stream handlers); event loops accept in \
+                 their own threads: use serve_forever",
             ));
         }
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let mut events = Events::with_capacity(16);
         loop {
-            if self.shared.stop.is_triggered() {
+            if self.shared.stop.is_stopping() {
                 return Ok(Handled::Shutdown);
             }
             // Try every listener first: epoll here is edge-triggered, so a
             // connection left over from an earlier call has no new edge.
             for i in 0..self.sources.len() {
-                if self.drain_listener(i, 1) > 0 {
+                if self.take_from(i, 1) > 0 {
                     return Ok(Handled::Request);
                 }
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left.is_some_and(|l| l.is_zero()) {
-                if let Some(f) = &self.config.hooks.handle_timeout {
+                if let Some(f) = &self.ctx.hooks.handle_timeout {
                     f();
                 }
                 return Ok(Handled::Timeout);
@@ -625,215 +637,62 @@ impl Server {
         }
     }
 
-    /// Accepts (or receives) from listener `i` until it would block or
-    /// `max` requests were taken. Returns how many were dispatched.
-    fn drain_listener(&mut self, i: usize, max: usize) -> usize {
+    /// Accepts (or receives) from source `i` until it would block or `max`
+    /// requests were taken. Returns how many were dispatched.
+    fn take_from(&mut self, i: usize, max: usize) -> usize {
         let mut taken = 0;
-        let is_stream = matches!(self.sources[i].source, Source::Tcp(_) | Source::Unix(..));
-        while taken < max && !self.shared.stop.is_triggered() {
-            if self.sources[i].adopted {
-                return 0;
-            }
-            if !is_stream && taken >= DATAGRAMS_PER_TURN {
-                // Let the other listeners and service_actions have a turn;
-                // come back at once (epoll here is edge-triggered).
-                self.sources[i].retry_at = Some(Instant::now());
-                break;
-            }
-            let limit_hit = if is_stream {
-                self.at_limit()
-            } else {
-                // Datagram jobs in flight count against the same limit, so
-                // a flood cannot start unbounded threads; the excess waits
-                // in the socket buffer (and the kernel drops what overflows).
-                self.config
-                    .limits
-                    .max_connections
-                    .is_some_and(|max| self.shared.tracker.active() >= max)
-            };
-            if limit_hit {
-                match self.config.limits.over_limit {
-                    OverLimit::Close if is_stream => match self.refuse_one(i) {
-                        Ok(true) => continue,
-                        Ok(false) => break,
-                        Err(e) if is_connection_error(&e) => continue,
+        while taken < max && !self.shared.stop.is_stopping() {
+            let work = match &mut self.sources[i] {
+                Source::Stream(l, acceptor) => {
+                    match acceptor.accept(&l.listener, &l.name, &self.ctx) {
+                        Accepted::Conn(a) => Work::Conn(a),
+                        Accepted::Refused => continue,
+                        Accepted::Empty | Accepted::Paused | Accepted::Backoff => break,
+                    }
+                }
+                Source::Dgram(d, again) => {
+                    if taken >= crate::dgram::DATAGRAMS_PER_TURN {
+                        // Let the other sources and service_actions have a
+                        // turn; come back at once (epoll is edge-triggered).
+                        *again = Some(Instant::now());
+                        break;
+                    }
+                    *again = None;
+                    // Datagrams in flight count against the connection
+                    // limit, so a flood cannot start unbounded threads; the
+                    // excess waits in the socket buffer.
+                    if self
+                        .ctx
+                        .limits
+                        .max_connections
+                        .is_some_and(|max| self.shared.tracker.active() >= max)
+                    {
+                        *again = Some(Instant::now() + Duration::from_millis(1));
+                        break;
+                    }
+                    match d.recv_job(&self.ctx) {
+                        Ok(Some(job)) => Work::Datagram(job),
+                        Ok(None) => continue,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => {
-                            self.accept_failed(i, &e);
-                            break;
-                        }
-                    },
-                    _ => {
-                        // Leave the connections in the kernel's backlog; the
-                        // next connection to finish wakes this loop.
-                        let waker = Arc::clone(&self.waker);
-                        self.shared.tracker.pause_until_free(|| {
-                            Box::new(move || {
-                                let _ = waker.wake();
-                            })
-                        });
-                        if self.at_limit() || !is_stream {
-                            self.sources[i].at_limit = true;
-                            break;
+                            // ICMP errors from earlier replies surface here
+                            // (ECONNREFUSED); they concern one peer only.
+                            tracing::debug!("datagram receive error: {e}");
+                            continue;
                         }
                     }
                 }
-            }
-            self.sources[i].at_limit = false;
-            let work = match self.take_one(i) {
-                Ok(Some(work)) => work,
-                // Set up failed for this connection only; it is closed.
-                Ok(None) => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.sources[i].retry_at = None;
-                    break;
-                }
-                Err(e) if is_connection_error(&e) => continue,
-                Err(e) => {
-                    self.accept_failed(i, &e);
-                    break;
-                }
-            };
-            let st = &mut self.sources[i];
-            if st.error_burst > 0 {
-                tracing::info!("accepting again after {} failed attempts", st.error_burst);
-            }
-            st.retry_at = None;
-            st.error_burst = 0;
-            st.backoff = Duration::ZERO;
-            let verified = match &work {
-                Work::Conn(c) => self.config.hooks.verify(c.peer_addr()),
-                Work::Datagram(d) => self.config.hooks.verify(&d.peer),
             };
             taken += 1;
-            if verified {
-                self.engine.dispatch(work);
-            } else {
-                tracing::debug!("verify_request refused a peer");
-            }
+            self.engine.dispatch(work, &self.ctx);
         }
         taken
     }
 
-    /// Accepts one connection (or receives one datagram) from listener `i`.
-    /// `Err` is the listener's error (would block, EMFILE, ...); `Ok(None)`
-    /// means one accepted connection could not be set up and was closed,
-    /// which concerns that connection only.
-    fn take_one(&mut self, i: usize) -> io::Result<Option<Work>> {
-        match &self.sources[i].source {
-            Source::Tcp(l) => {
-                let (s, peer) = l.accept()?;
-                let setup = (|| {
-                    if self.config.options.nodelay {
-                        s.set_nodelay(true)?;
-                    }
-                    s.local_addr()
-                })();
-                match setup {
-                    Ok(local) => Ok(self
-                        .admit(Stream::Tcp(s), Address::Inet(peer), Address::Inet(local))
-                        .ok()),
-                    Err(e) => {
-                        tracing::debug!(%peer, "cannot set up an accepted connection: {e}");
-                        Ok(None)
-                    }
-                }
-            }
-            Source::Unix(l, g) => {
-                let (s, peer) = l.accept()?;
-                let local = Address::Unix(Some(g.0.clone()));
-                Ok(self
-                    .admit(Stream::Unix(s), Address::from_unix(&peer), local)
-                    .ok())
-            }
-            Source::Dgram(sock, _) => {
-                let sock = Arc::clone(sock);
-                let (n, peer) = sock.try_recv(&mut self.dgram_buf)?;
-                Ok(Some(Work::Datagram(DatagramJob {
-                    data: self.dgram_buf[..n].to_vec(),
-                    peer,
-                    socket: sock,
-                    _guard: self.shared.tracker.enter(None, None),
-                })))
-            }
-        }
-    }
-
-    /// EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection stays queued
-    /// in the kernel. Back off (5 ms doubling to 1 s, as Go does), log once
-    /// per burst, keep serving the connections already open.
-    fn accept_failed(&mut self, i: usize, e: &io::Error) {
-        let st = &mut self.sources[i];
-        if st.error_burst == 0 {
-            tracing::error!(
-                "cannot accept on {}: {}; backing off",
-                self.bound[i],
-                crate::error::describe(e)
-            );
-        }
-        st.error_burst += 1;
-        st.backoff = if st.backoff.is_zero() {
-            Duration::from_millis(5)
-        } else {
-            (st.backoff * 2).min(Duration::from_secs(1))
-        };
-        st.retry_at = Some(Instant::now() + st.backoff);
-    }
-
-    fn at_limit(&self) -> bool {
-        self.config
-            .limits
-            .max_connections
-            .is_some_and(|max| self.shared.tracker.connections() >= max)
-    }
-
-    /// Accepts one waiting connection only to refuse it (global limit,
-    /// close mode). `Ok(false)`: nobody was waiting.
-    fn refuse_one(&self, i: usize) -> io::Result<bool> {
-        let accepted = match &self.sources[i].source {
-            Source::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
-            Source::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
-            Source::Dgram(..) => return Ok(false),
-        };
-        match accepted {
-            Ok(stream) => {
-                tracing::info!(
-                    "refused a connection: at the limit of {} connections",
-                    self.config.limits.max_connections.unwrap_or(0)
-                );
-                self.send_refusal(&stream);
-                Ok(true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn send_refusal(&self, stream: &Stream) {
-        use std::io::Write;
-        if let Some(msg) = &self.config.limits.limit_message {
-            let _ = stream.set_nonblocking(true);
-            let _ = (&*stream).write(msg);
-        }
-        let _ = stream.shutdown(std::net::Shutdown::Write);
-    }
-
-    /// Registers an accepted connection, or refuses it at the per-IP limit
-    /// (`Err`: the connection was closed).
-    fn admit(&self, stream: Stream, peer: Address, local: Address) -> io::Result<Work> {
-        if let (Some(max), Some(ip)) = (self.config.limits.max_connections_per_ip, peer.ip()) {
-            let open = self.shared.tracker.connections_from(ip);
-            if open >= max {
-                tracing::info!(%peer, "refused: {open} connections from this address (limit {max})");
-                self.send_refusal(&stream);
-                return Err(io::Error::from_raw_os_error(libc::ECONNABORTED));
-            }
-        }
-        Connection::new(stream, peer, local, Arc::clone(&self.shared)).map(Work::Conn)
-    }
-
-    /// The drain: stop accepting (the listeners close when `self` drops),
-    /// wait for connections up to the drain timeout (or a forced stop), cut
-    /// the rest, stop the engine.
+    /// The drain: stop accepting, serve what is in the listen backlogs,
+    /// close the listeners, wait for connections until the grace ends (or a
+    /// forced stop), cut the rest, stop the engine.
     fn finish_drain(&mut self) {
         if self.drained {
             return;
@@ -841,53 +700,71 @@ impl Server {
         self.drained = true;
         self.shared.begin_stop();
         self.engine.wake();
-        // Close listeners now so new clients are refused rather than queued.
-        for st in self.sources.drain(..) {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&st.source.raw_fd()));
-            drop(st);
+        let deadline = Instant::now() + self.shared.grace();
+        // Clients whose connection the kernel completed before the stop are
+        // in the backlog: serve them like any draining connection rather
+        // than reset them by closing the listener under them.
+        for i in 0..self.sources.len() {
+            self.sweep(i);
         }
-        let deadline = Instant::now() + self.config.limits.drain_timeout;
+        for s in self.sources.drain(..) {
+            let fd = match &s {
+                Source::Stream(l, _) => l.listener.raw_fd(),
+                Source::Dgram(d, _) => d.socket.as_raw_fd(),
+            };
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        }
         let tracker = &self.shared.tracker;
         loop {
             let step = (Instant::now() + Duration::from_millis(50)).min(deadline);
             if tracker.wait_idle(Some(step)) {
                 break;
             }
-            if self.shared.force.is_triggered() || Instant::now() >= deadline {
+            if self.shared.stop.is_forced() || Instant::now() >= deadline {
                 break;
             }
         }
         if tracker.active() > 0 {
             self.shared.begin_force();
             self.engine.wake();
-            let cut = tracker.cut_all();
             // Give the cut handlers a moment to notice and return.
             tracker.wait_idle(Some(Instant::now() + Duration::from_millis(500)));
             let left = tracker.active();
-            if cut > 0 || left > 0 {
-                tracing::warn!(
-                    "drain timeout: cut {cut} connection(s); {left} handler(s) still running were left behind"
-                );
-            }
+            tracing::warn!(
+                "drain grace over: cut the remaining connections; {left} handler(s) still running were left behind"
+            );
         }
         self.engine
             .stop(Instant::now() + Duration::from_millis(500));
-        // The wakers hold the engine, which holds the config, which holds
-        // the shared state: break the cycle so everything is freed.
+        // The wakers own event-loop and accept-loop handles: let them go.
         self.shared
             .wakers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.shared.tracker.clear_wakers();
+        self.guards.clear();
+    }
+
+    /// At the drain: accept everything waiting on source `i`.
+    fn sweep(&mut self, i: usize) {
+        let Some(Source::Stream(l, acceptor)) = self.sources.get_mut(i) else {
+            return;
+        };
+        let l = Arc::clone(l);
+        for _ in 0..100_000 {
+            match acceptor.accept(&l.listener, &l.name, &self.ctx) {
+                Accepted::Conn(a) => self.engine.dispatch(Work::Conn(a), &self.ctx),
+                Accepted::Refused => {}
+                Accepted::Empty | Accepted::Paused | Accepted::Backoff => return,
+            }
+        }
     }
 }
 
 /// Dropping a server is Python's `server_close()`: the listeners close and,
 /// if `serve_forever` did not already do it, the connections in flight are
-/// drained (up to the drain timeout) and the engine's threads stop.
+/// drained (up to the drain's grace) and the engine's threads stop.
 impl Drop for Server {
     fn drop(&mut self) {
         self.finish_drain();

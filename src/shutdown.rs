@@ -1,21 +1,22 @@
-//! Shutdown: a signal every part of a server can wait on, a handle to pull
-//! it from any thread, and a tracker that says when the last connection is
-//! done.
+//! Shutdown: one stop state every part of a server can wait on, and a
+//! handle to raise it from any thread.
 //!
 //! The shape follows tokio's mini-redis: one broadcast-style signal tells
-//! everybody to stop, and a drop guard held by each connection tells the
-//! server when they all have. The signal is an `eventfd` that becomes
-//! readable once and stays readable, so a thread blocked in `poll` on its
-//! socket wakes at once, and a thread that starts waiting later never misses
-//! it: no polling interval anywhere.
+//! everybody to stop, and a drop guard held by each connection
+//! (`crate::tracker`) tells the server when they all have. The state has
+//! three levels — running, draining, forced — and moves only forward. Each
+//! level past running has an `eventfd` that becomes readable once and stays
+//! readable, so a thread blocked in `poll` on its socket wakes at once, an
+//! event loop sees it as one more event, async code awaits it, and a waiter
+//! that starts later never misses it: no polling interval anywhere.
 
-use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::tracker::Tracker;
 
 thread_local! {
     static SERVER_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -67,11 +68,6 @@ impl Signal {
                 );
             }
         }
-    }
-
-    #[inline]
-    pub(crate) fn is_triggered(&self) -> bool {
-        self.triggered.load(Ordering::Acquire)
     }
 
     pub(crate) fn raw_fd(&self) -> RawFd {
@@ -146,171 +142,91 @@ pub(crate) fn wait_fd(
     }
 }
 
-/// Counts the connections (and datagram jobs) in flight and knows their
-/// sockets, so a drain can wait for them and a forced stop can cut them.
-#[derive(Default)]
-pub(crate) struct Tracker {
-    state: Mutex<TrackerState>,
-    idle: Condvar,
-    next_id: AtomicU64,
-    /// Set by the accept loop when it stopped accepting at the connection
-    /// limit; the next connection to finish wakes it through `on_free`.
-    paused: AtomicBool,
-    on_free: std::sync::OnceLock<Waker>,
+/// The server's stop state: it only moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum StopLevel {
+    /// Serving.
+    Running,
+    /// Stop accepting; connections answer what they have read and close.
+    Draining,
+    /// Cut everything now (a second request, or the drain deadline).
+    Forced,
 }
 
-impl std::fmt::Debug for Tracker {
+/// The one stop state, with an fd per level to poll and an async wait.
+pub(crate) struct Stop {
+    level: AtomicU8,
+    drain: Signal,
+    force: Signal,
+    waiters: WakeList,
+}
+
+impl std::fmt::Debug for Stop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tracker")
-            .field("active", &self.active())
-            .finish()
+        write!(f, "Stop({:?})", self.level())
     }
 }
 
-#[derive(Debug, Default)]
-struct TrackerState {
-    active: usize,
-    sockets: HashMap<u64, RawFd>,
-    per_ip: HashMap<IpAddr, usize>,
-}
+impl Stop {
+    fn new() -> io::Result<Stop> {
+        Ok(Stop {
+            level: AtomicU8::new(0),
+            drain: Signal::new()?,
+            force: Signal::new()?,
+            waiters: WakeList::default(),
+        })
+    }
 
-impl Tracker {
-    /// Registers one unit of work; `fd` is its socket if it has its own,
-    /// `ip` its peer's address when per-peer limits apply. The socket must
-    /// stay open until the returned guard is dropped.
-    pub(crate) fn enter(self: &Arc<Self>, fd: Option<RawFd>, ip: Option<IpAddr>) -> TrackGuard {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.active += 1;
-        if let Some(fd) = fd {
-            st.sockets.insert(id, fd);
-        }
-        if let Some(ip) = ip {
-            *st.per_ip.entry(ip).or_insert(0) += 1;
-        }
-        TrackGuard {
-            tracker: Arc::clone(self),
-            id,
-            ip,
+    #[inline]
+    pub(crate) fn level(&self) -> StopLevel {
+        match self.level.load(Ordering::Acquire) {
+            0 => StopLevel::Running,
+            1 => StopLevel::Draining,
+            _ => StopLevel::Forced,
         }
     }
 
-    /// Open connections (work with a socket of its own).
-    pub(crate) fn connections(&self) -> usize {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .sockets
-            .len()
+    /// True from the moment a drain starts.
+    #[inline]
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.level.load(Ordering::Acquire) != 0
     }
 
-    /// Open connections from one peer address.
-    pub(crate) fn connections_from(&self, ip: IpAddr) -> usize {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .per_ip
-            .get(&ip)
-            .copied()
-            .unwrap_or(0)
+    #[inline]
+    pub(crate) fn is_forced(&self) -> bool {
+        self.level.load(Ordering::Acquire) == 2
     }
 
-    /// The accept loop stops at the limit: have the next finished
-    /// connection wake it.
-    pub(crate) fn pause_until_free(&self, waker: impl FnOnce() -> Waker) {
-        let _ = self.on_free.set(waker());
-        self.paused.store(true, Ordering::SeqCst);
-    }
-
-    /// How much work is in flight.
-    pub(crate) fn active(&self) -> usize {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).active
-    }
-
-    /// Waits until no work is in flight or `deadline` passes; true if idle.
-    pub(crate) fn wait_idle(&self, deadline: Option<Instant>) -> bool {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        while st.active > 0 {
-            match deadline {
-                None => st = self.idle.wait(st).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return false;
-                    }
-                    st = self
-                        .idle
-                        .wait_timeout(st, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
-            }
+    /// The descriptor that becomes (and stays) readable once the state
+    /// reaches `at` (Draining or Forced).
+    pub(crate) fn fd(&self, at: StopLevel) -> RawFd {
+        match at {
+            StopLevel::Forced => self.force.raw_fd(),
+            _ => self.drain.raw_fd(),
         }
+    }
+
+    /// The signal for a level, for `wait_fd`.
+    pub(crate) fn signal(&self, at: StopLevel) -> &Signal {
+        match at {
+            StopLevel::Forced => &self.force,
+            _ => &self.drain,
+        }
+    }
+
+    /// Moves the state forward to `to`; false if it was there already.
+    fn raise(&self, to: StopLevel) -> bool {
+        let want = to as u8;
+        let was = self.level.fetch_max(want, Ordering::AcqRel);
+        if was >= want {
+            return false;
+        }
+        self.drain.trigger();
+        if to == StopLevel::Forced {
+            self.force.trigger();
+        }
+        self.waiters.wake_all();
         true
-    }
-
-    /// Shuts down both directions of every tracked socket: blocked reads
-    /// return end-of-stream and writes fail, so handlers stuck in I/O return.
-    /// Holding the lock while doing it means no socket can be closed (and
-    /// its descriptor reused) under our feet: guards unregister first.
-    pub(crate) fn cut_all(&self) -> usize {
-        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        for fd in st.sockets.values() {
-            // SAFETY: the fd is registered, hence still open (see above).
-            unsafe {
-                libc::shutdown(*fd, libc::SHUT_RDWR);
-            }
-        }
-        st.sockets.len()
-    }
-}
-
-/// Held by a connection while it runs; dropping it says "done".
-#[derive(Debug)]
-pub(crate) struct TrackGuard {
-    tracker: Arc<Tracker>,
-    id: u64,
-    ip: Option<IpAddr>,
-}
-
-impl TrackGuard {
-    /// Registers (or, with `None`, unregisters) this work's socket, for the
-    /// moment a socket changes hands and may be closed on an error path.
-    pub(crate) fn set_socket(&self, fd: Option<RawFd>) {
-        let mut st = self.tracker.state.lock().unwrap_or_else(|p| p.into_inner());
-        match fd {
-            Some(fd) => {
-                st.sockets.insert(self.id, fd);
-            }
-            None => {
-                st.sockets.remove(&self.id);
-            }
-        }
-    }
-}
-
-impl Drop for TrackGuard {
-    fn drop(&mut self) {
-        let mut st = self.tracker.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.active -= 1;
-        st.sockets.remove(&self.id);
-        if let Some(ip) = self.ip {
-            if let Some(n) = st.per_ip.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    st.per_ip.remove(&ip);
-                }
-            }
-        }
-        if st.active == 0 {
-            self.tracker.idle.notify_all();
-        }
-        drop(st);
-        if self.tracker.paused.swap(false, Ordering::SeqCst) {
-            if let Some(wake) = self.tracker.on_free.get() {
-                wake();
-            }
-        }
     }
 }
 
@@ -325,25 +241,20 @@ pub struct ShutdownHandle {
     pub(crate) shared: Arc<Shared>,
 }
 
-/// Wakes one part of a running server (its accept loop, its workers).
+/// Wakes one part of a running server (its accept loop, its event loops).
+/// A waker must never own the server's configuration (that would be a
+/// reference cycle through `Shared`).
 pub(crate) type Waker = Box<dyn Fn() + Send + Sync>;
 
-/// State shared by a server and its handles.
+/// State shared by a server, its engines and its handles.
 pub(crate) struct Shared {
-    /// Fired on the first shutdown request: stop accepting, drain.
-    pub(crate) stop: Signal,
-    /// Fired on a second request or at the drain deadline: cut everything.
-    pub(crate) force: Signal,
+    pub(crate) stop: Stop,
     pub(crate) tracker: Arc<Tracker>,
     running: Mutex<Option<std::thread::ThreadId>>,
     stopped: Condvar,
     pub(crate) wakers: Mutex<Vec<Waker>>,
-    /// The same state for async code: 0 running, 1 draining, 2 forced.
-    pub(crate) level: tokio::sync::watch::Sender<u8>,
-    /// Connection tasks waiting for the stop, woken all at once by it.
-    pub(crate) stop_waiters: WakeList,
     /// How long a drain may last before everything is cut.
-    drain_timeout: Duration,
+    grace: Duration,
     /// Set once the drain deadline's watchdog is running.
     watchdog: AtomicBool,
 }
@@ -351,44 +262,36 @@ pub(crate) struct Shared {
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
-            .field("stop", &self.stop.is_triggered())
-            .field("force", &self.force.is_triggered())
+            .field("stop", &self.stop.level())
             .field("active", &self.tracker.active())
             .finish()
     }
 }
 
 impl Shared {
-    pub(crate) fn new(drain_timeout: Duration) -> io::Result<Shared> {
+    pub(crate) fn new(grace: Duration) -> io::Result<Shared> {
         Ok(Shared {
-            drain_timeout,
+            grace,
             watchdog: AtomicBool::new(false),
-            stop: Signal::new()?,
-            force: Signal::new()?,
+            stop: Stop::new()?,
             tracker: Arc::new(Tracker::default()),
             running: Mutex::new(None),
             stopped: Condvar::new(),
             wakers: Mutex::new(Vec::new()),
-            level: tokio::sync::watch::channel(0).0,
-            stop_waiters: WakeList::default(),
         })
     }
 
     /// Stop accepting and drain.
     pub(crate) fn begin_stop(self: &Arc<Self>) {
-        self.stop.trigger();
-        self.level.send_if_modified(|l| {
-            let changed = *l < 1;
-            *l = (*l).max(1);
-            changed
-        });
-        self.stop_waiters.wake_all();
-        self.start_watchdog();
+        if self.stop.raise(StopLevel::Draining) {
+            self.start_watchdog();
+        }
+        self.wake_all();
     }
 
-    /// The drain deadline is kept by a thread of its own, not by the serving
-    /// thread: in sequential mode that thread is busy serving the very
-    /// connection that may be holding the drain up.
+    /// The drain deadline is kept here, once, by a thread of its own — not
+    /// by the serving thread: in sequential mode that thread is busy
+    /// serving the very connection that may be holding the drain up.
     fn start_watchdog(self: &Arc<Self>) {
         if self.watchdog.swap(true, Ordering::SeqCst) {
             return;
@@ -397,11 +300,11 @@ impl Shared {
         let spawned = std::thread::Builder::new()
             .name("sockserv-drain".into())
             .spawn(move || {
-                let deadline = Instant::now() + shared.drain_timeout;
+                let deadline = Instant::now() + shared.grace;
                 loop {
                     if shared.tracker.wait_idle(Some(
                         deadline.min(Instant::now() + Duration::from_millis(100)),
-                    )) || shared.force.is_triggered()
+                    )) || shared.stop.is_forced()
                     {
                         return;
                     }
@@ -412,17 +315,21 @@ impl Shared {
                 }
             });
         if spawned.is_err() {
+            // No thread for the watchdog: the serving thread's own wait
+            // still ends at the deadline (see `Server::finish_drain`).
             self.watchdog.store(false, Ordering::SeqCst);
         }
+    }
+
+    /// The drain's deadline from now, for the serving thread's wait.
+    pub(crate) fn grace(&self) -> Duration {
+        self.grace
     }
 
     /// Cut everything now: every tracked socket is shut down, so blocked
     /// reads and writes end and their handlers return.
     pub(crate) fn begin_force(&self) {
-        self.stop.trigger();
-        self.force.trigger();
-        self.level.send_replace(2);
-        self.stop_waiters.wake_all();
+        self.stop.raise(StopLevel::Forced);
         self.tracker.cut_all();
         self.wake_all();
     }
@@ -467,13 +374,12 @@ impl ShutdownHandle {
     /// requests the stop and returns at once, rather than deadlock the way
     /// Python's `shutdown()` does there.
     pub fn shutdown(&self) {
+        self.request();
         if on_server_thread() {
             // A handler asking its own server to stop: waiting here would
-            // wait for this very thread. Request it and return.
-            self.request();
+            // wait for this very thread.
             return;
         }
-        self.request();
         let mut running = self
             .shared
             .running
@@ -494,23 +400,21 @@ impl ShutdownHandle {
     /// Asks the server to stop and returns at once. A second request forces
     /// the stop (no more draining), like a second Ctrl-C.
     pub fn request(&self) {
-        if self.shared.stop.is_triggered() {
+        if self.shared.stop.is_stopping() {
             self.shared.begin_force();
         } else {
             self.shared.begin_stop();
         }
-        self.shared.wake_all();
     }
 
     /// Skips draining: cuts every connection now.
     pub fn force(&self) {
         self.shared.begin_force();
-        self.shared.wake_all();
     }
 
     /// True once a shutdown was requested.
     pub fn is_requested(&self) -> bool {
-        self.shared.stop.is_triggered()
+        self.shared.stop.is_stopping()
     }
 
     /// Number of connections (and datagram jobs) currently being served.
@@ -519,14 +423,12 @@ impl ShutdownHandle {
     }
 }
 
-/// Wakers of async connection tasks that wait for the stop signal.
+/// Wakers of async tasks that wait for the stop, woken all at once by it.
 ///
 /// A task registers once for its whole life and the registration is never
-/// touched on the per-message path: waiting for "data or stop" costs an
-/// atomic load, where a `watch::Receiver::changed()` per wait would take a
-/// mutex shared by every connection twice per message.
+/// touched on its per-message path.
 #[derive(Default)]
-pub(crate) struct WakeList {
+struct WakeList {
     slots: Mutex<(Vec<Option<std::task::Waker>>, Vec<usize>)>,
 }
 
@@ -566,58 +468,53 @@ impl WakeList {
     }
 }
 
-/// Resolves when the server stops (to `true` when the stop is forced).
-/// Keep one per connection and poll it by reference: it registers its
-/// task's waker on the first poll and unregisters on drop.
-pub(crate) struct StopWait<'a> {
-    shared: &'a Shared,
+/// Resolves once the stop state reaches `at`. Keep one per task and poll it
+/// by reference: it registers its task's waker on the first poll and
+/// unregisters on drop.
+pub(crate) struct StopWait {
+    shared: Arc<Shared>,
+    at: StopLevel,
     key: Option<usize>,
 }
 
-impl<'a> StopWait<'a> {
-    pub(crate) fn new(shared: &'a Shared) -> Self {
-        StopWait { shared, key: None }
-    }
-
-    fn level(&self) -> u8 {
-        if self.shared.force.is_triggered() {
-            2
-        } else if self.shared.stop.is_triggered() {
-            1
-        } else {
-            0
+impl StopWait {
+    pub(crate) fn new(shared: Arc<Shared>, at: StopLevel) -> Self {
+        StopWait {
+            shared,
+            at,
+            key: None,
         }
     }
 }
 
-impl std::future::Future for StopWait<'_> {
-    type Output = bool;
+impl std::future::Future for StopWait {
+    type Output = StopLevel;
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<bool> {
-        let level = self.level();
-        if level > 0 {
-            return std::task::Poll::Ready(level == 2);
+    ) -> std::task::Poll<StopLevel> {
+        let level = self.shared.stop.level();
+        if level >= self.at {
+            return std::task::Poll::Ready(level);
         }
         if self.key.is_none() {
-            self.key = Some(self.shared.stop_waiters.register(cx.waker()));
-            // The stop may have fired between the check and the
+            self.key = Some(self.shared.stop.waiters.register(cx.waker()));
+            // The stop may have come between the check and the
             // registration: look again.
-            let level = self.level();
-            if level > 0 {
-                return std::task::Poll::Ready(level == 2);
+            let level = self.shared.stop.level();
+            if level >= self.at {
+                return std::task::Poll::Ready(level);
             }
         }
         std::task::Poll::Pending
     }
 }
 
-impl Drop for StopWait<'_> {
+impl Drop for StopWait {
     fn drop(&mut self) {
         if let Some(key) = self.key {
-            self.shared.stop_waiters.unregister(key);
+            self.shared.stop.waiters.unregister(key);
         }
     }
 }

@@ -24,7 +24,7 @@ impl AsyncStreamHandler for AsyncEcho {
 #[test]
 fn an_async_stream_handler_runs_under_every_strategy() {
     for strategy in [
-        Strategy::Async { workers: 2 },
+        Strategy::EventLoops { loops: 2 },
         Strategy::Threads,
         Strategy::Pool {
             workers: 2,
@@ -59,7 +59,7 @@ fn five_thousand_concurrent_connections_all_get_their_echo() {
     const N: usize = 5_000;
     let server = Server::builder()
         .listen("tcp://127.0.0.1:0")
-        .strategy(Strategy::Async { workers: 2 })
+        .strategy(Strategy::EventLoops { loops: 2 })
         .message(Echo)
         .bind()
         .unwrap();

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use sockserv::frame::Framing;
 use sockserv::handler::message_fn;
-use sockserv::{Address, Failure, Limits, Server, ShutdownHandle, Strategy};
+use sockserv::{Address, DrainPolicy, Failure, Limits, Server, ShutdownHandle, Strategy};
 
 use support::{
     connect_nonblocking, cpu_seconds, drain_nonblocking, exclusive, fds, hide_panics_containing,
@@ -51,7 +51,7 @@ const POOL: Strategy = Strategy::Pool {
     workers: 8,
     queue: 32,
 };
-const ASYNC: Strategy = Strategy::Async { workers: 2 };
+const ASYNC: Strategy = Strategy::EventLoops { loops: 2 };
 
 /// A library server on its own thread; forced and joined (bounded) on drop.
 struct InProcess {
@@ -362,10 +362,7 @@ fn drain_pipelined(strategy: Strategy, active: usize, load: Load) {
             .listen("tcp://127.0.0.1:0")
             .strategy(strategy)
             .framing(Framing::line())
-            .limits(Limits {
-                drain_timeout: load.drain_timeout,
-                ..Limits::default()
-            })
+            .drain(DrainPolicy::new().grace(load.drain_timeout))
             .message(message_fn(move |msg, reply| {
                 reply.send(msg)?;
                 if let Address::Inet(peer) = reply.peer() {
@@ -1625,10 +1622,7 @@ fn fast_client_does_not_starve_others(strategy: Strategy) {
                 recv_buffer: Some(4 << 20),
                 ..sockserv::SocketOptions::default()
             })
-            .limits(Limits {
-                drain_timeout: Duration::from_secs(1),
-                ..Limits::default()
-            })
+            .drain(DrainPolicy::new().grace(Duration::from_secs(1)))
             .message(message_fn(|msg, reply| {
                 if msg.starts_with(b"ping") {
                     reply.send(msg)?;
@@ -1694,7 +1688,7 @@ fn fast_client_does_not_starve_others(strategy: Strategy) {
 
 #[test]
 fn fast_client_does_not_starve_others_async() {
-    fast_client_does_not_starve_others(Strategy::Async { workers: 1 });
+    fast_client_does_not_starve_others(Strategy::EventLoops { loops: 1 });
 }
 
 #[test]

@@ -16,13 +16,13 @@ use common::{serve, strategies, wait_until, Running, DEADLINE};
 use sockserv::frame::Framing;
 use sockserv::handler::{message_fn, stream_fn};
 use sockserv::handlers::Echo;
-use sockserv::{Client, Endpoint, Failure, Handled, Limits, Server, Strategy};
+use sockserv::{Client, DrainPolicy, Endpoint, Failure, Handled, Server, Strategy};
 
 const POOL: Strategy = Strategy::Pool {
     workers: 8,
     queue: 32,
 };
-const ASYNC: Strategy = Strategy::Async { workers: 2 };
+const ASYNC: Strategy = Strategy::EventLoops { loops: 2 };
 
 fn tcp_addr(ep: &Endpoint) -> std::net::SocketAddr {
     ep.resolve().unwrap()[0]
@@ -253,12 +253,12 @@ fn shutdown_with_idle_clients(
     strategy: Strategy,
     kind: Kind,
     peers: Peers,
-    limits: Limits,
+    drain: DrainPolicy,
 ) -> Duration {
     let builder = Server::builder()
         .listen("tcp://127.0.0.1:0")
         .strategy(strategy)
-        .limits(limits);
+        .drain(drain);
     let builder = match kind {
         Kind::Message => builder.framing(Framing::line()).message(Echo),
         Kind::StreamRead => builder.stream(stream_fn(|conn| {
@@ -320,7 +320,7 @@ macro_rules! idle_shutdown_tests {
         $(
             #[test]
             fn $name() {
-                let took = shutdown_with_idle_clients($strategy, $kind, Peers::Reading, Limits::default());
+                let took = shutdown_with_idle_clients($strategy, $kind, Peers::Reading, DrainPolicy::default());
                 assert!(
                     took < Duration::from_secs(1),
                     "{} {:?}: shutdown() took {took:?} with idle clients connected",
@@ -343,14 +343,14 @@ idle_shutdown_tests! {
 }
 
 /// Clients that neither read nor close: with the default limits the
-/// lingering close holds every one of them for `Limits::linger` (2 s)
+/// lingering close holds every one of them for `DrainPolicy::linger` (2 s)
 /// after the shutdown, so `shutdown()` takes 2 s in every mode.
 #[test]
 fn shutdown_with_passive_idle_clients_within_1s() {
     for strategy in strategies() {
         for kind in [Kind::Message, Kind::StreamRead] {
             let took =
-                shutdown_with_idle_clients(strategy, kind, Peers::Passive, Limits::default());
+                shutdown_with_idle_clients(strategy, kind, Peers::Passive, DrainPolicy::default());
             assert!(
                 took < Duration::from_secs(1),
                 "{strategy} {kind:?}: shutdown() took {took:?} with passive idle clients connected"
@@ -363,13 +363,10 @@ fn shutdown_with_passive_idle_clients_within_1s() {
 /// lingering close and nothing else.
 #[test]
 fn shutdown_with_passive_idle_clients_and_short_linger() {
-    let limits = Limits {
-        linger: Duration::from_millis(100),
-        ..Limits::default()
-    };
+    let limits = DrainPolicy::new().linger(Duration::from_millis(100));
     for strategy in strategies() {
         for kind in [Kind::Message, Kind::StreamRead] {
-            let took = shutdown_with_idle_clients(strategy, kind, Peers::Passive, limits.clone());
+            let took = shutdown_with_idle_clients(strategy, kind, Peers::Passive, limits);
             assert!(
                 took < Duration::from_secs(1),
                 "{strategy} {kind:?}: shutdown() took {took:?} with passive idle clients connected"
@@ -404,11 +401,11 @@ fn stuck_handler_is_left_behind(strategy: Strategy) {
         Server::builder()
             .listen("tcp://127.0.0.1:0")
             .strategy(strategy)
-            .limits(Limits {
-                drain_timeout: Duration::from_millis(300),
-                linger: Duration::from_millis(100),
-                ..Limits::default()
-            })
+            .drain(
+                DrainPolicy::new()
+                    .grace(Duration::from_millis(300))
+                    .linger(Duration::from_millis(100)),
+            )
             .stream(stream_fn(move |_conn| {
                 e.fetch_add(1, Ordering::SeqCst);
                 // Never touches the socket; bounded by the release flag

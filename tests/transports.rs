@@ -88,7 +88,7 @@ const POOL: Strategy = Strategy::Pool {
     workers: 4,
     queue: 16,
 };
-const ASYNC: Strategy = Strategy::Async { workers: 2 };
+const ASYNC: Strategy = Strategy::EventLoops { loops: 2 };
 
 echo_tests! {
     tcp4_sequential: Addr::Inet("tcp://127.0.0.1:0"), Strategy::Sequential;

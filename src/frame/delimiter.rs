@@ -97,6 +97,11 @@ impl PartialEq for DelimiterCodec {
 impl Eq for DelimiterCodec {}
 
 impl DelimiterCodec {
+    /// True while the rest of an oversized frame is being dropped.
+    pub(crate) fn is_discarding(&self) -> bool {
+        self.discarding
+    }
+
     /// A codec splitting on `delimiters`; the first one is what
     /// [`Encoder::encode`] appends. Duplicates are dropped.
     ///

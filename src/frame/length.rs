@@ -254,6 +254,11 @@ pub struct LengthCodec {
 }
 
 impl LengthCodec {
+    /// True while an oversized (or corrupt) frame is being dropped.
+    pub(crate) fn is_discarding(&self) -> bool {
+        !matches!(self.state, State::Header)
+    }
+
     /// The configuration this codec was built from (explicit strip).
     pub fn config(&self) -> LengthField {
         LengthField {

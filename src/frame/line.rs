@@ -59,6 +59,11 @@ pub struct LineCodec {
 }
 
 impl LineCodec {
+    /// True while the rest of an oversized line is being dropped.
+    pub(crate) fn is_discarding(&self) -> bool {
+        self.discarding
+    }
+
     /// A line codec. With `strip_cr` it is the `crlf` framing: one `\r`
     /// before the `\n` is removed from each frame, and [`Encoder::encode`]
     /// writes `\r\n`.

@@ -209,6 +209,18 @@ impl Codec {
             Codec::Fixed(c) => c.size() - 1,
         }
     }
+
+    /// True while the codec is dropping the rest of an oversized frame: the
+    /// frame has started even though no byte of it is kept, so the read
+    /// timeout must run.
+    pub(crate) fn is_discarding(&self) -> bool {
+        match self {
+            Codec::Line(c) => c.is_discarding(),
+            Codec::Delimiter(c) => c.is_discarding(),
+            Codec::Length(c) => c.is_discarding(),
+            Codec::Raw(_) | Codec::Fixed(_) => false,
+        }
+    }
 }
 
 impl Decoder for Codec {

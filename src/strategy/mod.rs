@@ -4,27 +4,29 @@
 //! (`ThreadingTCPServer`, `ForkingUDPServer`, ...). Here the strategy is a
 //! value, and any strategy serves any transport: the server's one lifecycle
 //! (accept, verify, dispatch, finish, report errors, shut down) hands each
-//! connection or datagram to an `Engine`, and the engine only decides
-//! where it runs. One small file per strategy.
+//! connection or datagram to an engine, and the engine only decides where
+//! it runs. One small file per strategy; the connection itself is the same
+//! pipeline (`crate::pipeline`) under every one of them.
 
-mod pool;
-mod runtime;
+pub(crate) mod pool;
 mod sequential;
 mod threads;
+mod tokio_rt;
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::conn::Connection;
+use crate::accept::Admitted;
+use crate::context::Context;
 use crate::dgram::DatagramJob;
-use crate::server::Config;
-
-pub(crate) use runtime::AsyncEngine;
+use crate::driver::event_loop::EventLoops;
+use crate::handler::Handler;
 
 /// How a server runs its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Strategy {
     /// One at a time, on the serving thread (Python's plain `TCPServer`).
     /// A slow client delays every other client.
@@ -33,41 +35,39 @@ pub enum Strategy {
     /// `ThreadingMixIn`. Simple and fair; memory and scheduling cost grows
     /// with the number of clients.
     Threads,
-    /// A fixed set of worker threads fed by a bounded queue: what Python
-    /// lacks. When the queue is full the server stops accepting and the
-    /// kernel's backlog holds the rest, so threads and memory stay bounded.
+    /// `workers` threads run the handlers. Message and datagram handlers:
+    /// connections stay on event loops and each batch of frames is a job
+    /// for a worker, so any number of clients is served by `workers`
+    /// threads, in order per connection — the strategy for handlers that
+    /// block (a database call, a slow computation). Stream handlers hold a
+    /// worker per connection; at most `queue` more wait for one, then the
+    /// server stops accepting (logged once per burst).
     Pool {
         /// Worker threads (at least 1).
         workers: usize,
-        /// Connections waiting for a worker (at least 1).
+        /// Stream connections waiting for a worker (at least 1).
         queue: usize,
     },
-    /// An event loop (tokio) per worker thread. Message and datagram
-    /// handlers run inside the loop with pipelined batching; stream handlers
-    /// (which block) run on the runtime's blocking threads. Scales to tens
-    /// of thousands of connections.
-    Async {
+    /// `loops` event-loop threads, each serving many connections straight
+    /// from epoll readiness and accepting its own: message and datagram
+    /// handlers run inside the loop, pipelined. Scales to tens of
+    /// thousands of connections. Stream handlers (which block) get a
+    /// thread each; async stream handlers run on a tokio runtime with
+    /// `loops` threads.
+    EventLoops {
         /// Event-loop threads (at least 1).
-        workers: usize,
+        loops: usize,
     },
-    /// Async on one tokio multi-thread (work-stealing) runtime with
-    /// `workers` threads: the layout of a hand-written tokio server. Same
-    /// handlers and connection code as [`Strategy::Async`]; only the
-    /// scheduling differs.
-    AsyncMultiThread {
-        /// Runtime worker threads (at least 1).
-        workers: usize,
-    },
-    /// The default: [`Strategy::default_for_machine`] (async, one event
-    /// loop per core but one), or [`Strategy::Threads`] for a blocking
-    /// [`StreamHandler`](crate::StreamHandler).
+    /// The default: [`Strategy::auto`] made concrete for the handler —
+    /// event loops (one per core but one), or threads for a blocking
+    /// stream handler.
     #[default]
     Auto,
 }
 
 impl Strategy {
     /// A pool sized for blocking handlers: 16 workers per core, a queue of
-    /// four times that.
+    /// four times that for stream connections.
     pub fn pool() -> Strategy {
         let workers = cores() * 16;
         Strategy::Pool {
@@ -76,53 +76,40 @@ impl Strategy {
         }
     }
 
-    /// Async with one event loop per core.
-    pub fn async_per_core() -> Strategy {
-        Strategy::Async { workers: cores() }
-    }
-
-    /// Async with one event loop per core but one (at least one loop):
-    /// the default.
+    /// Event loops, one per core but one (at least one): what `Auto` means
+    /// for message and datagram handlers.
     ///
     /// Why not one per core: the kernel's network processing, and on a
-    /// benchmark or a small box the clients themselves, need a core too. On
-    /// the 2-core machine of `docs/BENCHMARKS.md`, one loop costs 0.91–0.98×
-    /// tokio's CPU per message with the best p99, while two loops cost
-    /// 1.02–1.04× and their p99 at 1,000 connections was up to 2× worse.
-    pub fn async_default() -> Strategy {
-        Strategy::Async {
-            workers: cores().saturating_sub(1).max(1),
+    /// benchmark or a small box the clients themselves, need a core too.
+    /// `docs/BENCHMARKS.md` has the measurements.
+    pub fn event_loops() -> Strategy {
+        Strategy::EventLoops {
+            loops: cores().saturating_sub(1).max(1),
         }
     }
 
-    /// What [`Strategy::Auto`] means on this machine:
-    /// [`Strategy::async_default`].
-    pub fn default_for_machine() -> Strategy {
-        Strategy::async_default()
+    /// The default strategy, [`Strategy::Auto`].
+    pub fn auto() -> Strategy {
+        Strategy::Auto
     }
 
-    /// `Auto` made concrete for a handler: async, except for blocking
-    /// stream handlers, which get a thread each (the async engine could
-    /// only run them on blocking threads anyway).
-    pub(crate) fn resolve_for(self, handler: &crate::handler::Handler) -> Strategy {
+    /// `Auto` made concrete for a handler.
+    pub(crate) fn resolve_for(self, handler: &Handler) -> Strategy {
         match self {
-            Strategy::Auto if matches!(handler, crate::handler::Handler::Stream(_)) => {
-                Strategy::Threads
-            }
-            s => s.resolve(),
-        }
-    }
-
-    pub(crate) fn resolve(self) -> Strategy {
-        match self {
-            Strategy::Auto => Strategy::default_for_machine(),
+            Strategy::Auto if matches!(handler, Handler::Stream(_)) => Strategy::Threads,
+            Strategy::Auto => Strategy::event_loops(),
             s => s,
         }
     }
 }
 
+/// The tokio runtime for async stream handlers.
+pub(crate) fn tokio_engine(threads: usize) -> std::io::Result<tokio_rt::TokioEngine> {
+    tokio_rt::TokioEngine::new(threads)
+}
+
 /// The number of CPUs this process may use (2 if unknown).
-pub fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
@@ -134,75 +121,109 @@ impl fmt::Display for Strategy {
             Strategy::Pool { workers, queue } => {
                 write!(f, "pool({workers} workers, queue {queue})")
             }
-            Strategy::Async { workers } => write!(f, "async({workers} loops)"),
-            Strategy::AsyncMultiThread { workers } => write!(f, "async-mt({workers} threads)"),
+            Strategy::EventLoops { loops } => write!(f, "async({loops} event loops)"),
             Strategy::Auto => f.write_str("auto"),
         }
     }
 }
 
+/// A mode name as the CLI spells it is not one of these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownMode(String);
+
+impl fmt::Display for UnknownMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown mode \"{}\": expected sequential, threads, pool, async or auto",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownMode {}
+
 /// Parses a mode name as the CLI spells it.
 impl FromStr for Strategy {
-    type Err = String;
+    type Err = UnknownMode;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "sequential" => Ok(Strategy::Sequential),
             "threads" => Ok(Strategy::Threads),
             "pool" => Ok(Strategy::pool()),
-            "async" => Ok(Strategy::async_default()),
-            "async-mt" => Ok(Strategy::AsyncMultiThread { workers: cores() }),
+            "async" => Ok(Strategy::event_loops()),
             "auto" => Ok(Strategy::Auto),
-            _ => Err(format!(
-                "unknown mode \"{s}\": expected sequential, threads, pool, async or async-mt"
-            )),
+            _ => Err(UnknownMode(s.to_string())),
         }
     }
 }
 
-/// One unit of work the lifecycle hands to an engine.
+/// One unit of work the serving thread hands to an engine.
 pub(crate) enum Work {
     /// An accepted, verified stream connection.
-    Conn(Connection),
+    Conn(Admitted),
     /// One received datagram.
     Datagram(DatagramJob),
 }
 
-/// Runs work somewhere. Implemented once per strategy.
-pub(crate) trait Engine: Send + Sync {
+/// Where work runs. The event-loop engine accepts by itself and is
+/// handed nothing.
+pub(crate) enum Engine {
+    Sequential(sequential::Sequential),
+    Threads(threads::Threads),
+    /// Stream connections on pool workers.
+    StreamPool(Arc<pool::Workers>),
+    /// Event loops, with workers for the handlers or not.
+    Loops {
+        loops: EventLoops,
+        workers: Option<Arc<pool::Workers>>,
+    },
+    /// Async stream handlers on a tokio runtime.
+    Tokio(tokio_rt::TokioEngine),
+}
+
+impl Engine {
     /// Runs `work` (or queues it). May block when the engine is full; that
     /// is the back-pressure that stops the accept loop.
-    fn dispatch(&self, work: Work);
+    pub(crate) fn dispatch(&self, work: Work, ctx: &Arc<Context>) {
+        match self {
+            Engine::Sequential(e) => e.dispatch(work, ctx),
+            Engine::Threads(e) => e.dispatch(work, ctx),
+            Engine::StreamPool(w) => {
+                w.submit_wait(Box::new(move |c| crate::run::run_work(work, c)), ctx)
+            }
+            Engine::Tokio(e) => e.dispatch(work, ctx),
+            // The loops accept themselves; nothing is dispatched to them.
+            Engine::Loops { .. } => drop(work),
+        }
+    }
+
+    /// True when the engine accepts from the listeners itself.
+    pub(crate) fn accepts_itself(&self) -> bool {
+        matches!(self, Engine::Loops { .. })
+    }
 
     /// The server is stopping: wake anything waiting inside the engine.
-    fn wake(&self) {}
+    pub(crate) fn wake(&self) {
+        if let Engine::StreamPool(w) = self {
+            w.wake();
+        }
+    }
 
     /// Stops the engine's own threads once the work has drained (or the
     /// deadline passed).
-    fn stop(&self, deadline: Instant) {
-        let _ = deadline;
-    }
-
-    /// Whether this engine serves datagram sockets itself (with its own
-    /// event loop and batching) instead of having the lifecycle read them.
-    fn adopt_datagram_socket(&self, socket: &crate::dgram::DgramSocket) -> bool {
-        let _ = socket;
-        false
-    }
-}
-
-/// Builds the engine for a strategy.
-pub(crate) fn engine(strategy: Strategy, config: &Arc<Config>) -> std::io::Result<Box<dyn Engine>> {
-    Ok(match strategy.resolve() {
-        Strategy::Sequential => Box::new(sequential::Sequential::new(Arc::clone(config))),
-        Strategy::Threads => Box::new(threads::Threads::new(Arc::clone(config))),
-        Strategy::Pool { workers, queue } => {
-            Box::new(pool::Pool::new(Arc::clone(config), workers, queue)?)
+    pub(crate) fn stop(&self, deadline: Instant) {
+        match self {
+            Engine::StreamPool(w) => w.stop(deadline),
+            Engine::Loops { loops, workers } => {
+                loops.join(deadline);
+                if let Some(w) = workers {
+                    w.stop(deadline);
+                }
+            }
+            Engine::Tokio(e) => e.stop(),
+            Engine::Sequential(_) | Engine::Threads(_) => {}
         }
-        Strategy::Async { workers } => Box::new(AsyncEngine::new(Arc::clone(config), workers)?),
-        Strategy::AsyncMultiThread { workers } => {
-            Box::new(AsyncEngine::multi_thread(Arc::clone(config), workers)?)
-        }
-        Strategy::Auto => unreachable!("resolved above"),
-    })
+    }
 }

@@ -1,134 +1,261 @@
-//! A bounded pool: N worker threads take work from a queue of bounded
-//! length. When the queue is full, `dispatch` waits, so the accept loop
-//! stops accepting and new clients wait in the kernel's backlog: threads and
-//! memory stay bounded however many clients arrive.
+//! The pool: N worker threads that run *handlers*, not connections.
 //!
-//! A handler panic is caught inside the worker (see `run`), so a worker is
-//! never lost; should a worker thread die anyway, the next dispatch starts a
-//! replacement.
+//! For message and datagram handlers the connections stay on event loops
+//! (`crate::driver::event_loop`) and each batch of frames read from one
+//! connection is a job here: a worker runs the handler and hands the
+//! connection back to its loop, which writes the replies in order. So 32
+//! workers serve any number of connected clients — what a pool means in
+//! Netty, a Java executor or a Python user's mind — and a handler that
+//! blocks holds one worker, not a loop full of connections.
+//!
+//! Stream handlers read their socket themselves, so each connection needs
+//! a worker for its whole life: for them the queue holds connections, and
+//! when it is full the server stops accepting (the kernel's backlog holds
+//! the rest) and says so in the log, once per burst.
+//!
+//! A handler panic is caught inside the job, so a worker is never lost.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::io;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use super::{Engine, Work};
-use crate::run;
-use crate::server::Config;
+use crate::accept::Burst;
+use crate::context::Context;
+use crate::dgram::DgramServer;
+use crate::driver::event_loop::{Mailbox, Msg};
+use crate::pipeline::Offload;
+
+/// One job: runs on a worker with the server's context.
+type Job = Box<dyn FnOnce(&Arc<Context>) + Send>;
 
 struct Queue {
-    items: Mutex<QueueState>,
-    /// Signalled when work arrives or the pool stops.
+    state: Mutex<QueueState>,
+    /// Signalled when a job arrives or the pool closes.
     ready: Condvar,
-    /// Signalled when a slot frees up or the server stops accepting.
+    /// Signalled when a slot frees up (for waiting stream connections).
     space: Condvar,
-    capacity: usize,
 }
 
 struct QueueState {
-    items: VecDeque<Work>,
+    jobs: VecDeque<Job>,
     closed: bool,
 }
 
-pub(crate) struct Pool {
+/// The worker threads and their queue.
+pub(crate) struct Workers {
     queue: Arc<Queue>,
-    config: Arc<Config>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
     workers: usize,
-    alive: Arc<AtomicUsize>,
+    /// Jobs waiting, past which a stream connection waits to be queued.
+    capacity: usize,
+    full: Burst,
 }
 
-impl Pool {
-    pub(crate) fn new(config: Arc<Config>, workers: usize, queue: usize) -> std::io::Result<Pool> {
-        let pool = Pool {
+/// Datagrams waiting for a worker, per worker, past which new ones are
+/// dropped (UDP allows it; memory stays bounded).
+const DATAGRAMS_QUEUED_PER_WORKER: usize = 64;
+
+impl Workers {
+    /// Starts `workers` threads. A thread that cannot start is an error
+    /// here, before the server listens (the threads already started stop).
+    pub(crate) fn start(
+        ctx: &Arc<Context>,
+        workers: usize,
+        capacity: usize,
+    ) -> io::Result<Arc<Workers>> {
+        let pool = Arc::new(Workers {
             queue: Arc::new(Queue {
-                items: Mutex::new(QueueState {
-                    items: VecDeque::with_capacity(queue.max(1)),
+                state: Mutex::new(QueueState {
+                    jobs: VecDeque::new(),
                     closed: false,
                 }),
                 ready: Condvar::new(),
                 space: Condvar::new(),
-                capacity: queue.max(1),
             }),
-            config,
+            threads: Mutex::new(Vec::new()),
             workers: workers.max(1),
-            alive: Arc::new(AtomicUsize::new(0)),
-        };
-        for _ in 0..pool.workers {
-            pool.spawn_worker()?;
+            capacity: capacity.max(1),
+            full: Burst::default(),
+        });
+        for i in 0..pool.workers {
+            let queue = Arc::clone(&pool.queue);
+            let ctx = Arc::clone(ctx);
+            let t = std::thread::Builder::new()
+                .name(format!("sockserv-worker-{i}"))
+                .spawn(move || {
+                    crate::shutdown::mark_server_thread();
+                    while let Some(job) = queue.pop() {
+                        job(&ctx);
+                    }
+                });
+            match t {
+                Ok(t) => pool
+                    .threads
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(t),
+                Err(e) => {
+                    pool.close();
+                    return Err(e);
+                }
+            }
         }
         Ok(pool)
     }
 
-    fn spawn_worker(&self) -> std::io::Result<()> {
-        let queue = Arc::clone(&self.queue);
-        let config = Arc::clone(&self.config);
-        let alive = Arc::clone(&self.alive);
-        alive.fetch_add(1, Ordering::SeqCst);
-        let res = std::thread::Builder::new()
-            .name("sockserv-worker".into())
-            .spawn(move || {
-                struct Alive(Arc<AtomicUsize>);
-                impl Drop for Alive {
-                    fn drop(&mut self) {
-                        self.0.fetch_sub(1, Ordering::SeqCst);
-                    }
-                }
-                let _alive = Alive(alive);
-                crate::shutdown::mark_server_thread();
-                while let Some(work) = queue.pop() {
-                    run::run_work(work, &config);
-                }
+    fn push(&self, job: Job) {
+        let mut st = self.queue.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.jobs.push_back(job);
+        drop(st);
+        self.queue.ready.notify_one();
+    }
+
+    /// Runs the handler on a connection's frames; the connection goes back
+    /// to its loop through `mailbox`.
+    pub(crate) fn submit_frames(
+        &self,
+        mut work: Offload,
+        slot: usize,
+        gen: u32,
+        mailbox: &Arc<Mailbox>,
+    ) {
+        let mailbox = Arc::clone(mailbox);
+        self.push(Box::new(move |ctx: &Arc<Context>| {
+            if let Some(handler) = ctx.message_handler() {
+                work.run(&ctx.ctx(handler));
+            }
+            mailbox.send(Msg::Done {
+                slot,
+                gen,
+                work: Box::new(work),
             });
-        if res.is_err() {
-            self.alive.fetch_sub(1, Ordering::SeqCst);
+        }));
+    }
+
+    /// Receives what is waiting on a datagram socket and queues each
+    /// datagram for a worker. True when the socket is drained.
+    pub(crate) fn take_datagrams(&self, server: &mut DgramServer, ctx: &Context) -> bool {
+        for _ in 0..crate::dgram::DATAGRAMS_PER_TURN {
+            let queued = self
+                .queue
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .jobs
+                .len();
+            let job = match server.recv_job(ctx) {
+                Ok(Some(job)) => job,
+                Ok(None) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!("datagram receive error: {e}");
+                    continue;
+                }
+            };
+            if queued >= self.workers * DATAGRAMS_QUEUED_PER_WORKER {
+                self.full.hit(|more| {
+                    tracing::warn!(
+                        "the pool's {} workers are all busy: dropping datagrams ({more} dropped before)",
+                        self.workers
+                    )
+                });
+                continue;
+            }
+            self.push(Box::new(move |ctx: &Arc<Context>| {
+                crate::dgram::serve_job(job, ctx)
+            }));
         }
-        res.map(|_| ())
+        false
+    }
+
+    /// Queues a job that holds a worker for a connection's whole life (a
+    /// stream handler). Waits while the queue is full — the accept loop
+    /// then stops accepting — and says so once per burst.
+    pub(crate) fn submit_wait(&self, job: Job, ctx: &Context) {
+        let mut st = self.queue.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.jobs.len() >= self.capacity && !ctx.shared.stop.is_stopping() {
+            self.full.hit(|more| {
+                tracing::warn!(
+                    "pool full: {} workers busy and {} connections queued; new clients wait in the \
+                     listen backlog (stream handlers hold a worker per connection){}",
+                    self.workers,
+                    st.jobs.len(),
+                    if more > 0 {
+                        format!(" ({more} more times)")
+                    } else {
+                        String::new()
+                    }
+                )
+            });
+        }
+        while st.jobs.len() >= self.capacity && !ctx.shared.stop.is_stopping() {
+            st = self
+                .queue
+                .space
+                .wait_timeout(st, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        // Even when stopping, queue it: the worker drains it gracefully.
+        st.jobs.push_back(job);
+        drop(st);
+        self.queue.ready.notify_one();
+    }
+
+    /// Wakes a `submit_wait` blocked on a full queue (the server stops).
+    pub(crate) fn wake(&self) {
+        let _st = self.queue.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.queue.space.notify_all();
+    }
+
+    fn close(&self) {
+        let mut st = self.queue.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.closed = true;
+        drop(st);
+        self.queue.ready.notify_all();
+        self.queue.space.notify_all();
+    }
+
+    /// Lets the workers finish the queue and leave; waits for them until
+    /// `deadline` (a handler that never returns is left behind).
+    pub(crate) fn stop(&self, deadline: Instant) {
+        self.close();
+        let mut pending: Vec<_> = self
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        while !pending.is_empty() && Instant::now() < deadline {
+            pending.retain(|t| !t.is_finished());
+            if !pending.is_empty() {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
 impl Queue {
-    fn pop(&self) -> Option<Work> {
-        let mut st = self.items.lock().unwrap_or_else(|p| p.into_inner());
+    fn pop(&self) -> Option<Job> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(w) = st.items.pop_front() {
+            if let Some(job) = st.jobs.pop_front() {
                 self.space.notify_one();
-                return Some(w);
+                return Some(job);
             }
             if st.closed {
                 return None;
             }
             st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
         }
-    }
-}
-
-impl Engine for Pool {
-    fn dispatch(&self, work: Work) {
-        // Replace workers that died (they should not: panics are caught).
-        while self.alive.load(Ordering::SeqCst) < self.workers {
-            if self.spawn_worker().is_err() {
-                break;
-            }
-        }
-        let mut st = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
-        while st.items.len() >= self.queue.capacity && !self.config.shared.stop.is_triggered() {
-            st = self.queue.space.wait(st).unwrap_or_else(|p| p.into_inner());
-        }
-        // Even when stopping, queue it: the worker drains it gracefully
-        // (its reads see the shutdown and it closes politely).
-        st.items.push_back(work);
-        self.queue.ready.notify_one();
-    }
-
-    fn wake(&self) {
-        let _st = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
-        self.queue.space.notify_all();
-    }
-
-    fn stop(&self, _deadline: Instant) {
-        let mut st = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
-        st.closed = true;
-        self.queue.ready.notify_all();
-        self.queue.space.notify_all();
     }
 }

@@ -3,22 +3,15 @@
 
 use std::sync::Arc;
 
-use super::{Engine, Work};
+use super::Work;
+use crate::context::Context;
 use crate::run;
-use crate::server::Config;
 
-pub(crate) struct Sequential {
-    config: Arc<Config>,
-}
+#[derive(Default)]
+pub(crate) struct Sequential;
 
 impl Sequential {
-    pub(crate) fn new(config: Arc<Config>) -> Self {
-        Sequential { config }
-    }
-}
-
-impl Engine for Sequential {
-    fn dispatch(&self, work: Work) {
-        run::run_work(work, &self.config);
+    pub(crate) fn dispatch(&self, work: Work, ctx: &Arc<Context>) {
+        run::run_work(work, ctx);
     }
 }

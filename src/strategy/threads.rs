@@ -2,39 +2,41 @@
 //!
 //! Join policy: threads are not joined one by one. The server's tracker
 //! counts live connections; on shutdown `serve_forever` waits for that count
-//! to reach zero, up to the drain timeout, then cuts the sockets of the
+//! to reach zero, up to the drain grace, then cuts the sockets of the
 //! rest. A handler that ignores its socket and never returns is left running
 //! (detached) and reported; it cannot hold the server's shutdown hostage.
 
 use std::sync::Arc;
 
-use super::{Engine, Work};
+use super::Work;
+use crate::accept::Burst;
+use crate::context::Context;
 use crate::run;
-use crate::server::Config;
 
+#[derive(Default)]
 pub(crate) struct Threads {
-    config: Arc<Config>,
+    /// Out of threads: logged once per burst, never once per connection.
+    failures: Burst,
 }
 
 impl Threads {
-    pub(crate) fn new(config: Arc<Config>) -> Self {
-        Threads { config }
-    }
-}
-
-impl Engine for Threads {
-    fn dispatch(&self, work: Work) {
-        let config = Arc::clone(&self.config);
+    pub(crate) fn dispatch(&self, work: Work, ctx: &Arc<Context>) {
+        let ctx = Arc::clone(ctx);
         let spawned = std::thread::Builder::new()
             .name("sockserv-conn".into())
             .spawn(move || {
                 crate::shutdown::mark_server_thread();
-                run::run_work(work, &config)
+                run::run_work(work, &ctx)
             });
         if let Err(e) = spawned {
-            // Out of threads: the work is dropped (its socket closes), the
-            // server keeps going.
-            tracing::error!("cannot start a thread for a connection: {e}");
+            // The work is dropped (its socket closes); the server goes on.
+            self.failures.hit(|more| {
+                if more > 0 {
+                    tracing::error!("cannot start a thread for a connection: {e} ({more} more)");
+                } else {
+                    tracing::error!("cannot start a thread for a connection: {e}");
+                }
+            });
         }
     }
 }

@@ -32,7 +32,7 @@ pub fn strategies() -> [Strategy; 4] {
             workers: 4,
             queue: 16,
         },
-        Strategy::Async { workers: 2 },
+        Strategy::EventLoops { loops: 2 },
     ]
 }
 

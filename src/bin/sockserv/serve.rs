@@ -6,7 +6,9 @@ use std::time::Duration;
 use clap::Args;
 use sockserv::frame::{Framing, OnOversize};
 use sockserv::handlers::Builtin;
-use sockserv::{Endpoint, Limits, OverLimit, Server, SocketOptions, Strategy};
+use sockserv::{
+    DrainPolicy, Endpoint, Limits, OverLimit, Server, SocketOptions, Strategy, Timeouts,
+};
 
 use crate::error::CliError;
 use crate::util::{init_logging, parse_duration};
@@ -136,7 +138,10 @@ pub(crate) fn parse_framing(s: &str) -> Result<Framing, String> {
 }
 
 fn strategy(args: &ServeArgs) -> Result<Strategy, CliError> {
-    let base: Strategy = args.mode.parse().map_err(CliError::usage)?;
+    let base: Strategy = args
+        .mode
+        .parse()
+        .map_err(|e: sockserv::UnknownMode| CliError::usage(e.to_string()))?;
     let workers = args.workers.map(|w| w as usize);
     Ok(match base {
         Strategy::Pool { workers: w, .. } => {
@@ -144,11 +149,8 @@ fn strategy(args: &ServeArgs) -> Result<Strategy, CliError> {
             let queue = args.queue.map_or(workers * 4, |q| q as usize);
             Strategy::Pool { workers, queue }
         }
-        Strategy::Async { workers: w } => Strategy::Async {
-            workers: workers.unwrap_or(w),
-        },
-        Strategy::AsyncMultiThread { workers: w } => Strategy::AsyncMultiThread {
-            workers: workers.unwrap_or(w),
+        Strategy::EventLoops { loops } => Strategy::EventLoops {
+            loops: workers.unwrap_or(loops),
         },
         s => s,
     })
@@ -188,24 +190,21 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         v6only: Some(!args.dual_stack),
         ..SocketOptions::default()
     };
-    let limits = Limits {
-        idle_timeout: args.idle_timeout,
-        read_timeout: args.read_timeout,
-        write_timeout: Some(args.write_timeout),
-        drain_timeout: args.drain_timeout,
-        max_connections: args.max_conns.map(|n| n as usize),
-        max_connections_per_ip: args.max_conns_per_ip.map(|n| n as usize),
-        over_limit: if args.over_limit == "close" {
-            OverLimit::Close
-        } else {
-            OverLimit::Wait
-        },
-        limit_message: args
-            .limit_message
-            .as_ref()
-            .map(|m| format!("{m}\n").into_bytes()),
-        ..Limits::default()
-    };
+    let mut limits = Limits::new().over_limit(if args.over_limit == "close" {
+        OverLimit::Close
+    } else {
+        OverLimit::Wait
+    });
+    limits.max_connections = args.max_conns.map(|n| n as usize);
+    limits.max_connections_per_ip = args.max_conns_per_ip.map(|n| n as usize);
+    limits.limit_message = args
+        .limit_message
+        .as_ref()
+        .map(|m| format!("{m}\n").into_bytes());
+    let mut timeouts = Timeouts::new().write(Some(args.write_timeout));
+    timeouts.idle = args.idle_timeout;
+    timeouts.read = args.read_timeout;
+    let drain = DrainPolicy::new().grace(args.drain_timeout);
     let strategy = strategy(&args)?;
     warn_ignored(&args, strategy);
 
@@ -237,7 +236,9 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             .framing(framing.clone())
             .strategy(strategy)
             .socket_options(options.clone())
-            .limits(limits.clone());
+            .limits(limits.clone())
+            .timeouts(timeouts)
+            .drain(drain);
         for (_, ep) in &picked {
             builder = builder.listen(*ep);
         }

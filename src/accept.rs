@@ -1,0 +1,270 @@
+//! Accepting: one connection from a listener, through the gate every
+//! connection passes — the connection limits, the per-IP limit,
+//! `verify_request` — with the back-off that keeps a server alive when it
+//! runs out of descriptors. The serving thread (blocking strategies) and
+//! each event loop (which accept where they serve) call the same code.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+use std::time::{Duration, Instant};
+
+use crate::addr::Address;
+use crate::config::OverLimit;
+use crate::context::Context;
+use crate::socket::Stream;
+use crate::tracker::TrackGuard;
+
+/// A listening stream socket.
+#[derive(Debug)]
+pub(crate) enum StreamListener {
+    Tcp(std::net::TcpListener),
+    /// With the address connections arrive on (the path).
+    Unix(UnixListener, Address),
+}
+
+impl StreamListener {
+    pub(crate) fn raw_fd(&self) -> i32 {
+        match self {
+            StreamListener::Tcp(l) => l.as_raw_fd(),
+            StreamListener::Unix(l, _) => l.as_raw_fd(),
+        }
+    }
+
+    fn accept(&self) -> io::Result<(Stream, Address)> {
+        match self {
+            StreamListener::Tcp(l) => l
+                .accept()
+                .map(|(s, peer)| (Stream::Tcp(s), Address::Inet(peer))),
+            StreamListener::Unix(l, _) => l
+                .accept()
+                .map(|(s, peer)| (Stream::Unix(s), Address::from_unix(&peer))),
+        }
+    }
+}
+
+/// A connection through the gate: registered with the tracker, its socket
+/// non-blocking.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    // The guard is declared first: it must unregister the socket before
+    // the socket closes (see `TrackGuard`).
+    pub(crate) guard: TrackGuard,
+    pub(crate) stream: Stream,
+    pub(crate) peer: Address,
+    pub(crate) local: Address,
+}
+
+/// What one accept attempt gave.
+#[derive(Debug)]
+pub(crate) enum Accepted {
+    Conn(Admitted),
+    /// A connection was accepted and refused (a limit, `verify_request`),
+    /// or failed to set up; try again.
+    Refused,
+    /// Nobody is waiting.
+    Empty,
+    /// At the connection limit with [`OverLimit::Wait`]: stop accepting
+    /// until a connection finishes (the tracker wakes the acceptor).
+    Paused,
+    /// The listener failed (EMFILE, ...): retry after the back-off.
+    Backoff,
+}
+
+/// One acceptor's state for one listener: the back-off after resource
+/// errors, logged once per burst.
+#[derive(Debug, Default)]
+pub(crate) struct Acceptor {
+    /// Retry accepting then (after EMFILE and the like).
+    pub(crate) retry_at: Option<Instant>,
+    error_burst: u64,
+    backoff: Duration,
+    /// Accepting is paused at the connection limit.
+    pub(crate) paused: bool,
+}
+
+/// Accept errors that concern one connection only: skip it, keep going.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNABORTED)
+            | Some(libc::ECONNRESET)
+            | Some(libc::EPROTO)
+            | Some(libc::EPERM)
+            | Some(libc::EINTR)
+    )
+}
+
+impl Acceptor {
+    /// Accepts one connection from `listener` and passes it through the
+    /// gate.
+    pub(crate) fn accept(
+        &mut self,
+        listener: &StreamListener,
+        name: &dyn std::fmt::Display,
+        ctx: &Context,
+    ) -> Accepted {
+        let limits = &ctx.limits;
+        let tracker = &ctx.shared.tracker;
+        let at_limit = limits
+            .max_connections
+            .is_some_and(|max| tracker.connections() >= max);
+        if at_limit && limits.over_limit == OverLimit::Wait {
+            // Leave the connections in the kernel's backlog; the next
+            // connection to finish wakes this acceptor.
+            tracker.pause();
+            // It may have finished between the check and the pause.
+            if limits
+                .max_connections
+                .is_some_and(|max| tracker.connections() >= max)
+            {
+                self.paused = true;
+                return Accepted::Paused;
+            }
+        }
+        self.paused = false;
+        let (stream, peer) = match listener.accept() {
+            Ok(a) => a,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.retry_at = None;
+                return Accepted::Empty;
+            }
+            Err(e) if is_connection_error(&e) => return Accepted::Refused,
+            Err(e) => {
+                self.failed(name, &e);
+                return Accepted::Backoff;
+            }
+        };
+        if self.error_burst > 0 {
+            tracing::info!(
+                "accepting again on {name} after {} failed attempts",
+                self.error_burst
+            );
+        }
+        self.retry_at = None;
+        self.error_burst = 0;
+        self.backoff = Duration::ZERO;
+        if at_limit {
+            tracing::info!(
+                "refused a connection: at the limit of {} connections",
+                limits.max_connections.unwrap_or(0)
+            );
+            refuse(&stream, ctx);
+            return Accepted::Refused;
+        }
+        match admit(stream, peer, listener, ctx) {
+            Some(a) => Accepted::Conn(a),
+            None => Accepted::Refused,
+        }
+    }
+
+    /// EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection stays queued
+    /// in the kernel. Back off (5 ms doubling to 1 s, as Go does), log once
+    /// per burst, keep serving the connections already open.
+    fn failed(&mut self, name: &dyn std::fmt::Display, e: &io::Error) {
+        if self.error_burst == 0 {
+            tracing::error!(
+                "cannot accept on {name}: {}; backing off",
+                crate::error::describe(e)
+            );
+        }
+        self.error_burst += 1;
+        self.backoff = if self.backoff.is_zero() {
+            Duration::from_millis(5)
+        } else {
+            (self.backoff * 2).min(Duration::from_secs(1))
+        };
+        self.retry_at = Some(Instant::now() + self.backoff);
+    }
+}
+
+/// The gate after accept: per-IP limit, `verify_request`, registration.
+fn admit(
+    stream: Stream,
+    peer: Address,
+    listener: &StreamListener,
+    ctx: &Context,
+) -> Option<Admitted> {
+    let limits = &ctx.limits;
+    if let (Some(max), Some(ip)) = (limits.max_connections_per_ip, peer.ip()) {
+        let open = ctx.shared.tracker.connections_from(ip);
+        if open >= max {
+            tracing::info!(%peer, "refused: {open} connections from this address (limit {max})");
+            refuse(&stream, ctx);
+            return None;
+        }
+    }
+    if !ctx.hooks.verify(&peer) {
+        tracing::debug!(%peer, "verify_request refused a peer");
+        return None;
+    }
+    let local = match (&stream, listener) {
+        (Stream::Tcp(s), _) => {
+            let setup = (|| {
+                if ctx.options.nodelay {
+                    s.set_nodelay(true)?;
+                }
+                s.local_addr()
+            })();
+            match setup {
+                Ok(local) => Address::Inet(local),
+                Err(e) => {
+                    tracing::debug!(%peer, "cannot set up an accepted connection: {e}");
+                    return None;
+                }
+            }
+        }
+        (Stream::Unix(_), StreamListener::Unix(_, local)) => local.clone(),
+        (Stream::Unix(_), _) => Address::Unix(None),
+    };
+    if let Err(e) = stream.set_nonblocking(true) {
+        tracing::debug!(%peer, "cannot set up an accepted connection: {e}");
+        return None;
+    }
+    let guard = ctx
+        .shared
+        .tracker
+        .enter(Some(stream.as_raw_fd()), peer.ip());
+    Some(Admitted {
+        guard,
+        stream,
+        peer,
+        local,
+    })
+}
+
+/// Sends the limit message (best effort) and closes.
+fn refuse(stream: &Stream, ctx: &Context) {
+    use std::io::Write;
+    if let Some(msg) = &ctx.limits.limit_message {
+        let _ = stream.set_nonblocking(true);
+        let _ = (&*stream).write(msg);
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+/// Logs a recurring failure once per burst, counting the rest: a flood of
+/// identical errors must neither fill the log nor block on it.
+#[derive(Debug, Default)]
+pub(crate) struct Burst {
+    inner: std::sync::Mutex<(u64, Option<Instant>)>,
+}
+
+impl Burst {
+    /// Records one failure; logs the first of a burst (a burst ends after
+    /// a second without failures).
+    pub(crate) fn hit(&self, log: impl FnOnce(u64)) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let fresh =
+            g.1.is_none_or(|last| now.duration_since(last) > Duration::from_secs(1));
+        if fresh {
+            let skipped = g.0;
+            g.0 = 0;
+            log(skipped);
+        } else {
+            g.0 += 1;
+        }
+        g.1 = Some(now);
+    }
+}

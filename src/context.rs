@@ -1,0 +1,70 @@
+//! The context every engine and driver needs, in a leaf module: what the
+//! user configured (handler, framing, hooks, limits, timeouts, drain) and
+//! the server's shared stop state and tracker. Engines take it; nothing
+//! here knows about engines, so no module imports its way back.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::addr::Address;
+use crate::config::{DrainPolicy, Limits, Timeouts};
+use crate::dgram::DatagramPolicy;
+use crate::frame::Framing;
+use crate::handler::{Handler, MessageHandler};
+use crate::hooks::Hooks;
+use crate::pipeline::{Conn, Ctx, Session, Settings};
+use crate::shutdown::Shared;
+use crate::socket::SocketOptions;
+
+/// Everything the engines need, shared read-only.
+pub(crate) struct Context {
+    pub(crate) handler: Handler,
+    pub(crate) framing: Framing,
+    pub(crate) hooks: Hooks,
+    pub(crate) limits: Limits,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) drain: DrainPolicy,
+    pub(crate) datagrams: DatagramPolicy,
+    pub(crate) options: SocketOptions,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Context {
+    /// The per-connection settings of the pipeline.
+    pub(crate) fn settings(&self) -> Settings {
+        Settings {
+            idle: self.timeouts.idle,
+            read: self.timeouts.read,
+            write: self.timeouts.write,
+            linger: self.drain.linger,
+            max_backlog: self.limits.max_backlog.max(1),
+        }
+    }
+
+    /// The message handler, if that is the kind this server runs.
+    pub(crate) fn message_handler(&self) -> Option<&dyn MessageHandler> {
+        match &self.handler {
+            Handler::Message(h) => Some(&**h),
+            _ => None,
+        }
+    }
+
+    /// What the pipeline needs to call the handler.
+    pub(crate) fn ctx<'a>(&'a self, handler: &'a dyn MessageHandler) -> Ctx<'a> {
+        Ctx {
+            handler,
+            hooks: &self.hooks,
+        }
+    }
+
+    /// A new framed connection's pipeline.
+    pub(crate) fn new_conn(&self, peer: Address, now: Instant) -> Conn {
+        Conn::new(
+            Session::new(&self.framing, peer),
+            Vec::new(),
+            self.settings(),
+            now,
+            self.shared.stop.is_stopping(),
+        )
+    }
+}

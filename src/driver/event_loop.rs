@@ -1,0 +1,732 @@
+//! The event-loop driver: one thread serves many connections straight from
+//! epoll readiness events — read, run the pipeline, write, in the same turn
+//! — with no task, future or waker per connection. Each loop accepts from
+//! the listeners itself (one wake-up per new connection, on the thread that
+//! will serve it), through the same gate as every strategy
+//! ([`crate::accept`]).
+//!
+//! Handlers run inline on the loop, or — for the pool strategy and for
+//! handlers marked blocking — on worker threads: the loop hands a
+//! connection's session with the bytes read to a worker, stops reading that
+//! connection until the worker hands it back, and so keeps its replies in
+//! order while other connections go on.
+//!
+//! Stop: at the drain each loop accepts what is already in its listeners'
+//! backlogs (those clients connected before the stop and are served like
+//! any draining connection), lets go of the listeners, tells every
+//! connection, and runs until the last one closes; at a forced stop it
+//! closes them all.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::accept::{Accepted, Acceptor, StreamListener};
+use crate::addr::Endpoint;
+use crate::context::Context;
+use crate::dgram::{DgramServer, DgramSocket};
+use crate::pipeline::{Conn, Next, Offload};
+use crate::shutdown::StopLevel;
+use crate::socket::Stream;
+use crate::strategy::pool::Workers;
+use crate::tracker::TrackGuard;
+
+/// Scratch read buffer per loop.
+const SCRATCH: usize = 64 * 1024;
+
+/// Reads one connection may make per turn before the others get theirs.
+const READS_PER_TURN: u32 = 4;
+
+/// Connections one listener may hand a loop per turn.
+const ACCEPTS_PER_TURN: usize = 64;
+
+const WAKER: Token = Token(usize::MAX);
+const DRAIN: Token = Token(usize::MAX - 1);
+const FORCE: Token = Token(usize::MAX - 2);
+/// Listener `i` is `LISTENER_BASE - i`; datagram socket `j` is
+/// `DGRAM_BASE - j` (at most `MAX_SOCKETS` of each); connections count up
+/// from 0.
+const MAX_SOCKETS: usize = 1024;
+const LISTENER_BASE: usize = usize::MAX - 16;
+const DGRAM_BASE: usize = LISTENER_BASE - MAX_SOCKETS;
+
+/// Messages to a loop from other threads.
+pub(crate) enum Msg {
+    /// A worker finished with a connection's session.
+    Done {
+        slot: usize,
+        gen: u32,
+        work: Box<Offload>,
+    },
+    /// Leave now (the engine is dropped).
+    Quit,
+}
+
+/// How other threads reach one loop.
+pub(crate) struct Mailbox {
+    items: Mutex<Vec<Msg>>,
+    waker: mio::Waker,
+}
+
+impl Mailbox {
+    pub(crate) fn send(&self, msg: Msg) {
+        self.items
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(msg);
+        let _ = self.waker.wake();
+    }
+
+    fn wake(&self) {
+        let _ = self.waker.wake();
+    }
+}
+
+/// A set of event loops: the engine of the event-loop and pool strategies.
+pub(crate) struct EventLoops {
+    mailboxes: Vec<Arc<Mailbox>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A stream listener as the loops share it, with its printable name.
+pub(crate) struct SharedListener {
+    pub(crate) listener: StreamListener,
+    pub(crate) name: Endpoint,
+}
+
+impl EventLoops {
+    /// Starts `loops` threads serving `listeners` (every loop accepts from
+    /// each) and `dgrams` (each served by one loop). Every fallible step
+    /// (pollers, registrations, threads) happens here, before the server
+    /// listens; if one fails the loops already started are stopped.
+    pub(crate) fn start(
+        ctx: &Arc<Context>,
+        loops: usize,
+        listeners: Vec<Arc<SharedListener>>,
+        dgrams: Vec<Arc<DgramSocket>>,
+        workers: Option<Arc<Workers>>,
+    ) -> io::Result<EventLoops> {
+        let loops = loops.max(1);
+        let mut set = EventLoops {
+            mailboxes: Vec::new(),
+            threads: Mutex::new(Vec::new()),
+        };
+        let mut prepared = Vec::new();
+        for i in 0..loops {
+            let poll = Poll::new()?;
+            let mailbox = Arc::new(Mailbox {
+                items: Mutex::new(Vec::new()),
+                waker: mio::Waker::new(poll.registry(), WAKER)?,
+            });
+            let stop = &ctx.shared.stop;
+            poll.registry().register(
+                &mut SourceFd(&stop.fd(StopLevel::Draining)),
+                DRAIN,
+                Interest::READABLE,
+            )?;
+            poll.registry().register(
+                &mut SourceFd(&stop.fd(StopLevel::Forced)),
+                FORCE,
+                Interest::READABLE,
+            )?;
+            for (k, l) in listeners.iter().enumerate() {
+                register_exclusive(&poll, l.listener.raw_fd(), Token(LISTENER_BASE - k))?;
+            }
+            let mine: Vec<_> = dgrams
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| j % loops == i)
+                .map(|(j, s)| (j, Arc::clone(s)))
+                .collect();
+            for (j, s) in &mine {
+                s.set_nonblocking(true)?;
+                poll.registry().register(
+                    &mut SourceFd(&s.as_raw_fd()),
+                    Token(DGRAM_BASE - j),
+                    Interest::READABLE,
+                )?;
+            }
+            set.mailboxes.push(Arc::clone(&mailbox));
+            prepared.push((poll, mailbox, mine));
+        }
+        for (i, (poll, mailbox, mine)) in prepared.into_iter().enumerate() {
+            // A connection that finishes while accepting is paused at the
+            // limit wakes the loops (the waker holds no configuration).
+            let m = Arc::clone(&mailbox);
+            ctx.shared.tracker.on_free(Box::new(move || m.wake()));
+            let state = Loop::new(
+                Arc::clone(ctx),
+                poll,
+                mailbox,
+                listeners.clone(),
+                mine,
+                workers.clone(),
+            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("sockserv-loop-{i}"))
+                .spawn(move || {
+                    crate::shutdown::mark_server_thread();
+                    let mut state = state;
+                    state.run();
+                });
+            match spawned {
+                Ok(t) => set
+                    .threads
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(t),
+                // Dropping `set` stops the loops already running.
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(set)
+    }
+
+    /// Waits for the loops to finish (they do once their connections have
+    /// closed after a stop), but not past `deadline`: a handler that blocks
+    /// its loop forever must not hold the shutdown. Such a loop is left
+    /// behind and reported.
+    pub(crate) fn join(&self, deadline: Instant) {
+        let mut pending: Vec<_> = self
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for m in &self.mailboxes {
+            m.send(Msg::Quit);
+        }
+        while !pending.is_empty() && Instant::now() < deadline {
+            pending.retain(|t| !t.is_finished());
+            if !pending.is_empty() {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        if !pending.is_empty() {
+            tracing::warn!(
+                "{} event loop(s) blocked by a handler were left behind",
+                pending.len()
+            );
+        }
+    }
+}
+
+impl Drop for EventLoops {
+    fn drop(&mut self) {
+        for m in &self.mailboxes {
+            m.send(Msg::Quit);
+        }
+    }
+}
+
+/// Registers a listener in one loop's epoll so that a new connection wakes
+/// one loop, not all of them (EPOLLEXCLUSIVE), edge-triggered like every
+/// mio registration.
+fn register_exclusive(poll: &Poll, fd: i32, token: Token) -> io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLET | libc::EPOLLEXCLUSIVE) as u32,
+        u64: token.0 as u64,
+    };
+    // SAFETY: both descriptors are open; `ev` is a valid epoll_event.
+    let r = unsafe { libc::epoll_ctl(poll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn deregister_raw(poll: &Poll, fd: i32) {
+    // SAFETY: removing a registration; a stale fd only yields an error.
+    unsafe {
+        libc::epoll_ctl(
+            poll.as_raw_fd(),
+            libc::EPOLL_CTL_DEL,
+            fd,
+            std::ptr::null_mut(),
+        );
+    }
+}
+
+/// One connection on a loop.
+struct Entry {
+    // The guard is declared first: it unregisters the socket before the
+    // socket closes.
+    guard: TrackGuard,
+    sock: Stream,
+    conn: Conn,
+    gen: u32,
+    /// The deadline a timer is queued for, if any.
+    timer: Option<Instant>,
+    /// Queued to run again next turn (at most once).
+    again: bool,
+}
+
+/// One loop's state.
+struct Loop {
+    ctx: Arc<Context>,
+    poll: Poll,
+    mailbox: Arc<Mailbox>,
+    listeners: Vec<Option<(Arc<SharedListener>, Acceptor)>>,
+    dgrams: Vec<(usize, DgramServer)>,
+    workers: Option<Arc<Workers>>,
+    slots: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    gens: Vec<u32>,
+    live: usize,
+    timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    /// Connections with work left that need no new event (fairness).
+    again: Vec<(usize, u32)>,
+    /// Listeners or datagram sockets with work left.
+    accept_again: Vec<usize>,
+    dgram_again: Vec<usize>,
+    scratch: Vec<u8>,
+    level: StopLevel,
+    now: Instant,
+    quit: bool,
+}
+
+impl Loop {
+    fn new(
+        ctx: Arc<Context>,
+        poll: Poll,
+        mailbox: Arc<Mailbox>,
+        listeners: Vec<Arc<SharedListener>>,
+        dgrams: Vec<(usize, Arc<DgramSocket>)>,
+        workers: Option<Arc<Workers>>,
+    ) -> Loop {
+        let policy = ctx.datagrams;
+        Loop {
+            listeners: listeners
+                .into_iter()
+                .map(|l| Some((l, Acceptor::default())))
+                .collect(),
+            dgrams: dgrams
+                .into_iter()
+                .map(|(j, s)| (j, DgramServer::new(s, policy, true)))
+                .collect(),
+            ctx,
+            poll,
+            mailbox,
+            workers,
+            slots: Vec::new(),
+            free: Vec::new(),
+            gens: Vec::new(),
+            live: 0,
+            timers: BinaryHeap::new(),
+            again: Vec::new(),
+            accept_again: Vec::new(),
+            dgram_again: Vec::new(),
+            scratch: vec![0u8; SCRATCH],
+            level: StopLevel::Running,
+            now: Instant::now(),
+            quit: false,
+        }
+    }
+
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(1024);
+        // Whatever arrived before the loop started.
+        self.accept_again = (0..self.listeners.len()).collect();
+        self.dgram_again = (0..self.dgrams.len()).collect();
+        loop {
+            if self.quit || (self.level != StopLevel::Running && self.live == 0) {
+                break;
+            }
+            let busy = !self.again.is_empty()
+                || !self.accept_again.is_empty()
+                || !self.dgram_again.is_empty();
+            let timeout = if busy {
+                Some(Duration::ZERO)
+            } else {
+                self.next_timeout()
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!("event loop failed: {e}");
+                break;
+            }
+            self.now = Instant::now();
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => self.mail(),
+                    DRAIN | FORCE => self.stop_changed(),
+                    Token(t) if t > DGRAM_BASE - MAX_SOCKETS && t <= DGRAM_BASE => {
+                        self.serve_dgram(DGRAM_BASE - t);
+                    }
+                    Token(t) if t > DGRAM_BASE && t <= LISTENER_BASE => {
+                        if self.level == StopLevel::Running {
+                            self.accept(LISTENER_BASE - t);
+                        }
+                    }
+                    Token(slot) => {
+                        if let Some(gen) = self.gens.get(slot).copied() {
+                            self.drive(slot, gen);
+                        }
+                    }
+                }
+            }
+            for (slot, gen) in std::mem::take(&mut self.again) {
+                if let Some(Some(e)) = self.slots.get_mut(slot) {
+                    e.again = false;
+                }
+                self.drive(slot, gen);
+            }
+            if self.level == StopLevel::Running {
+                for k in std::mem::take(&mut self.accept_again) {
+                    self.accept(k);
+                }
+                self.retry_accepts();
+            }
+            for j in std::mem::take(&mut self.dgram_again) {
+                self.serve_dgram_index(j);
+            }
+            self.fire_timers();
+        }
+        // Quit or done: close what is left (the guards unregister first).
+        self.slots.clear();
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        let timer = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        let retry = self
+            .listeners
+            .iter()
+            .flatten()
+            .filter_map(|(_, a)| a.retry_at)
+            .min();
+        let soonest = match (timer, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        soonest.map(|t| t.saturating_duration_since(Instant::now()))
+    }
+
+    fn mail(&mut self) {
+        let items =
+            std::mem::take(&mut *self.mailbox.items.lock().unwrap_or_else(|p| p.into_inner()));
+        for msg in items {
+            match msg {
+                Msg::Quit => self.quit = true,
+                Msg::Done { slot, gen, work } => {
+                    if let Some(Some(e)) = self.slots.get_mut(slot) {
+                        if e.gen == gen {
+                            e.conn.offload_done(*work, self.now);
+                            self.drive(slot, gen);
+                        }
+                    }
+                }
+            }
+        }
+        // A connection finished while accepting was paused at the limit.
+        if self.level == StopLevel::Running {
+            for k in 0..self.listeners.len() {
+                if self.listeners[k].as_ref().is_some_and(|(_, a)| a.paused) {
+                    self.accept(k);
+                }
+            }
+        }
+    }
+
+    fn retry_accepts(&mut self) {
+        let now = self.now;
+        for k in 0..self.listeners.len() {
+            let due = self.listeners[k]
+                .as_ref()
+                .is_some_and(|(_, a)| a.retry_at.is_some_and(|t| t <= now));
+            if due {
+                self.accept(k);
+            }
+        }
+    }
+
+    /// Accepts from listener `k` (at most a turn's worth).
+    fn accept(&mut self, k: usize) {
+        for _ in 0..ACCEPTS_PER_TURN {
+            let Some((l, acceptor)) = self.listeners[k].as_mut() else {
+                return;
+            };
+            match acceptor.accept(&l.listener, &l.name, &self.ctx) {
+                Accepted::Conn(a) => {
+                    let conn = self.ctx.new_conn(a.peer, self.now);
+                    self.insert(a.guard, a.stream, conn);
+                }
+                Accepted::Refused => {}
+                Accepted::Empty | Accepted::Paused | Accepted::Backoff => return,
+            }
+        }
+        self.accept_again.push(k);
+    }
+
+    fn insert(&mut self, guard: TrackGuard, sock: Stream, conn: Conn) {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                self.gens.push(0);
+                self.slots.len() - 1
+            }
+        };
+        self.gens[slot] = self.gens[slot].wrapping_add(1);
+        let gen = self.gens[slot];
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&sock.as_raw_fd()),
+            Token(slot),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::debug!("cannot serve an accepted connection: {e}");
+            self.free.push(slot);
+            drop(guard);
+            drop(sock);
+            return;
+        }
+        self.slots[slot] = Some(Entry {
+            guard,
+            sock,
+            conn,
+            gen,
+            timer: None,
+            again: false,
+        });
+        self.live += 1;
+        // Serve at once: the request is often there already.
+        self.drive(slot, gen);
+    }
+
+    fn remove(&mut self, slot: usize) {
+        if let Some(e) = self.slots[slot].take() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&e.sock.as_raw_fd()));
+            let Entry { guard, sock, .. } = e;
+            drop(guard);
+            drop(sock);
+            self.free.push(slot);
+            self.live -= 1;
+        }
+    }
+
+    /// Runs one connection until it has to wait.
+    fn drive(&mut self, slot: usize, gen: u32) {
+        let now = self.now;
+        let ctx = Arc::clone(&self.ctx);
+        let Some(handler) = ctx.message_handler() else {
+            return;
+        };
+        let c = ctx.ctx(handler);
+        let mut reads = 0;
+        loop {
+            let Some(Some(e)) = self.slots.get_mut(slot) else {
+                return;
+            };
+            if e.gen != gen {
+                return;
+            }
+            match e.conn.next() {
+                Next::Close => {
+                    self.remove(slot);
+                    return;
+                }
+                Next::Busy => return,
+                Next::Resume => match &self.workers {
+                    Some(w) => {
+                        if let Some(work) = e.conn.offload(&[], now) {
+                            w.submit_frames(work, slot, gen, &self.mailbox);
+                        }
+                    }
+                    None => e.conn.resume(now, &c),
+                },
+                Next::ShutdownWrite => {
+                    let _ = e.sock.shutdown(std::net::Shutdown::Write);
+                    e.conn.shut_down(now);
+                }
+                Next::Write => match (&e.sock).write(e.conn.output()) {
+                    Ok(n) => e.conn.wrote(n, now),
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                        self.wait(slot);
+                        return;
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(err) => e.conn.failed(err, &c),
+                },
+                Next::Read => {
+                    if reads >= READS_PER_TURN {
+                        // Let the loop's other connections have a turn.
+                        if !e.again {
+                            e.again = true;
+                            self.again.push((slot, gen));
+                        }
+                        return;
+                    }
+                    match (&e.sock).read(&mut self.scratch) {
+                        Ok(0) => e.conn.eof(now, &c),
+                        Ok(n) => {
+                            reads += 1;
+                            let data = &self.scratch[..n];
+                            match &self.workers {
+                                Some(w) => {
+                                    if let Some(work) = e.conn.offload(data, now) {
+                                        w.submit_frames(work, slot, gen, &self.mailbox);
+                                    }
+                                }
+                                None => e.conn.received(data, now, &c),
+                            }
+                            if n < self.scratch.len() && e.conn.next() == Next::Read {
+                                // A short read: the socket is drained for
+                                // now, and its next data is a new event.
+                                self.wait(slot);
+                                return;
+                            }
+                        }
+                        Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                            if e.conn.is_lingering() {
+                                e.conn.unacked(super::unacked(e.sock.as_raw_fd()));
+                                if e.conn.next() == Next::Close {
+                                    continue;
+                                }
+                            }
+                            if e.conn.deadline().is_some_and(|d| d <= now) {
+                                e.conn.timeout(now, &c);
+                                continue;
+                            }
+                            self.wait(slot);
+                            return;
+                        }
+                        Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                        Err(err) => e.conn.failed(err, &c),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connection waits for its socket: queue a timer for its
+    /// deadline unless an earlier one is queued already.
+    fn wait(&mut self, slot: usize) {
+        let Some(Some(e)) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if let Some(d) = e.conn.deadline() {
+            if e.timer.is_none_or(|t| d < t) {
+                e.timer = Some(d);
+                self.timers.push(Reverse((d, slot, e.gen)));
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = self.now;
+        while let Some(Reverse((t, slot, gen))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let ctx = Arc::clone(&self.ctx);
+            let Some(handler) = ctx.message_handler() else {
+                return;
+            };
+            let Some(Some(e)) = self.slots.get_mut(slot) else {
+                continue;
+            };
+            if e.gen != gen || e.timer != Some(t) {
+                continue;
+            }
+            e.timer = None;
+            if e.conn.deadline().is_some_and(|d| d <= now) {
+                e.conn.timeout(now, &ctx.ctx(handler));
+            }
+            self.drive(slot, gen);
+        }
+    }
+
+    fn serve_dgram(&mut self, j: usize) {
+        if let Some(i) = self.dgrams.iter().position(|(k, _)| *k == j) {
+            self.serve_dgram_index(i);
+        }
+    }
+
+    fn serve_dgram_index(&mut self, i: usize) {
+        if self.level != StopLevel::Running {
+            return;
+        }
+        let ctx = Arc::clone(&self.ctx);
+        let Some((_, server)) = self.dgrams.get_mut(i) else {
+            return;
+        };
+        let drained = match &self.workers {
+            Some(w) => w.take_datagrams(server, &ctx),
+            None => server.serve_ready(&ctx),
+        };
+        if !drained {
+            self.dgram_again.push(i);
+        }
+    }
+
+    /// The stop state moved on.
+    fn stop_changed(&mut self) {
+        let level = self.ctx.shared.stop.level();
+        if level == self.level {
+            return;
+        }
+        let was = self.level;
+        self.level = level;
+        if was == StopLevel::Running {
+            // Clients whose connection the kernel completed before the
+            // stop are in the backlog: serve them like any draining
+            // connection, then let go of the listener (the last loop to
+            // let go closes it).
+            self.level = StopLevel::Running;
+            for k in 0..self.listeners.len() {
+                self.sweep(k);
+            }
+            self.level = level;
+            for slot in self.listeners.iter_mut() {
+                if let Some((l, _)) = slot.take() {
+                    deregister_raw(&self.poll, l.listener.raw_fd());
+                }
+            }
+            for (_, d) in self.dgrams.drain(..) {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&d.socket.as_raw_fd()));
+            }
+        }
+        let forced = level == StopLevel::Forced;
+        let now = self.now;
+        for slot in 0..self.slots.len() {
+            let Some(Some(e)) = self.slots.get_mut(slot) else {
+                continue;
+            };
+            e.conn.stop(forced, now);
+            let gen = e.gen;
+            self.drive(slot, gen);
+        }
+    }
+
+    /// Accepts everything waiting on listener `k` (bounded by the limits).
+    fn sweep(&mut self, k: usize) {
+        for _ in 0..100_000 {
+            let Some((l, acceptor)) = self.listeners[k].as_mut() else {
+                return;
+            };
+            match acceptor.accept(&l.listener, &l.name, &self.ctx) {
+                Accepted::Conn(a) => {
+                    let conn = self.ctx.new_conn(a.peer, self.now);
+                    self.insert(a.guard, a.stream, conn);
+                }
+                Accepted::Refused => {}
+                Accepted::Empty | Accepted::Paused | Accepted::Backoff => return,
+            }
+        }
+    }
+}
