@@ -56,6 +56,7 @@ pub mod handler;
 pub mod handlers;
 mod hooks;
 mod mmsg;
+mod proxy;
 mod run;
 pub mod server;
 mod session;
@@ -78,6 +79,13 @@ pub use server::{Builder, Handled, Limits, OverLimit, Server};
 pub use shutdown::ShutdownHandle;
 pub use socket::SocketOptions;
 pub use strategy::Strategy;
+
+/// Crate-private parsers, reachable from the fuzz targets in `fuzz/`. Not
+/// part of the API: hidden from the docs, and free to change.
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use crate::proxy::{parse, Parsed, ProxyError, Versions, MAX_HEADER_LEN};
+}
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]
