@@ -40,7 +40,7 @@
 //! | `serve_forever()`, `handle_request()`, `shutdown()`, `server_close()` | [`Server::serve_forever`], [`Server::handle_request`], [`ShutdownHandle::shutdown`], dropping the server |
 //! | `timeout`, `handle_timeout()`, `service_actions()` | [`Builder::timeout`], [`Builder::handle_timeout`], [`Builder::service_actions`] |
 //! | `verify_request()`, `handle_error()` | [`Builder::verify_request`], [`Builder::handle_error`] |
-//! | `allow_reuse_address`, `allow_reuse_port`, `request_queue_size` | [`SocketOptions`] (reuse-address on, backlog 1024) |
+//! | `allow_reuse_address`, `allow_reuse_port`, `request_queue_size` | [`SocketOptions`] (reuse-address on for TCP, never for UDP, as Python's `UDPServer`; backlog 1024) |
 //! | `server_address` | [`Server::local_endpoint`] (port 0 resolved) |
 //! | `block_on_close`, `daemon_threads` | the drain policy: [`Limits::drain_timeout`] |
 

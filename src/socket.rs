@@ -4,9 +4,10 @@
 //! than whatever a runtime's `bind` happens to pick (tokio's `bind` listens
 //! with a backlog of 128; Python's `request_queue_size` is 5, which makes a
 //! `ThreadingTCPServer` reset connections when a few hundred clients arrive
-//! at once). The defaults here are a server's defaults: `SO_REUSEADDR` on,
-//! backlog 1024, `IPV6_V6ONLY` on so `[::]` and `0.0.0.0` can be served side
-//! by side (turn it off for one dual-stack socket).
+//! at once). The defaults here are a server's defaults: `SO_REUSEADDR` on
+//! for TCP (never for UDP, see [`SocketOptions::reuse_address`]), backlog
+//! 1024, `IPV6_V6ONLY` on so `[::]` and `0.0.0.0` can be served side by side
+//! (turn it off for one dual-stack socket).
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -22,11 +23,23 @@ use crate::error::Error;
 /// Socket options for listeners (and, where they apply, accepted sockets).
 #[derive(Debug, Clone)]
 pub struct SocketOptions {
-    /// `SO_REUSEADDR`: rebind a port still in TIME_WAIT after a restart.
-    /// On by default, as the seed's server sets `allow_reuse_address`.
+    /// `SO_REUSEADDR` on TCP listeners: rebind a port still in TIME_WAIT
+    /// after a restart. On by default, as the seed's server sets
+    /// `allow_reuse_address`. On Linux it never lets a second socket listen
+    /// on a TCP port in use.
+    ///
+    /// UDP sockets never get it, whatever this says: on a UDP socket it
+    /// lets any other socket that sets it too bind the same address and
+    /// receive the server's datagrams (Python's `UDPServer` leaves
+    /// `allow_reuse_address` false). Binding a UDP address in use fails
+    /// with "address already in use"; to share one on purpose, set
+    /// [`reuse_port`](Self::reuse_port) on every socket.
     pub reuse_address: bool,
-    /// `SO_REUSEPORT`: let several sockets (processes or threads) listen on
-    /// the same port, the kernel spreading connections between them.
+    /// `SO_REUSEPORT`: let several sockets (processes or threads) bind the
+    /// same address, the kernel spreading connections or datagrams between
+    /// them. Every socket sharing it must set it, and Linux lets only
+    /// sockets of the same user share one. Off by default; the only way
+    /// for UDP sockets to share an address.
     pub reuse_port: bool,
     /// Length of the queue of connections the kernel has accepted but the
     /// server has not (capped by `net.core.somaxconn`). Default 1024.
@@ -110,8 +123,17 @@ fn domain_of(addr: &SocketAddr) -> Domain {
     }
 }
 
-fn apply_common(sock: &Socket, addr: &SocketAddr, opts: &SocketOptions) -> io::Result<()> {
-    sock.set_reuse_address(opts.reuse_address)?;
+fn apply_common(
+    sock: &Socket,
+    addr: &SocketAddr,
+    transport: Transport,
+    opts: &SocketOptions,
+) -> io::Result<()> {
+    // Never on UDP: there it lets another socket bind the same address and
+    // take the datagrams (see `SocketOptions::reuse_address`).
+    if transport == Transport::Tcp {
+        sock.set_reuse_address(opts.reuse_address)?;
+    }
     if opts.reuse_port {
         sock.set_reuse_port(true)?;
     }
@@ -130,14 +152,15 @@ fn apply_common(sock: &Socket, addr: &SocketAddr, opts: &SocketOptions) -> io::R
 }
 
 fn bind_inet(endpoint: &Endpoint, addr: SocketAddr, opts: &SocketOptions) -> io::Result<Listener> {
-    let stream = endpoint.transport() == Transport::Tcp;
+    let transport = endpoint.transport();
+    let stream = transport == Transport::Tcp;
     let (ty, proto) = if stream {
         (Type::STREAM, Protocol::TCP)
     } else {
         (Type::DGRAM, Protocol::UDP)
     };
     let sock = Socket::new(domain_of(&addr), ty, Some(proto))?;
-    apply_common(&sock, &addr, opts)?;
+    apply_common(&sock, &addr, transport, opts)?;
     sock.bind(&addr.into())?;
     if stream {
         sock.listen(opts.backlog)?;
