@@ -740,7 +740,7 @@ impl Server {
             }
             Source::Unix(l, g) => {
                 let (s, peer) = l.accept()?;
-                let local = Address::Unix(Some(g.0.clone()));
+                let local = Address::Unix(Some(g.path().to_path_buf()));
                 Ok(self
                     .admit(Stream::Unix(s), Address::from_unix(&peer), local)
                     .ok())

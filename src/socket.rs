@@ -11,6 +11,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -84,12 +85,53 @@ pub enum Listener {
 
 /// Removes a Unix socket file when the socket that created it is dropped,
 /// so a restart does not fail with "address already in use".
+///
+/// Only the file this socket created: its device and inode are recorded
+/// right after `bind`, and at drop the path is removed only if it is still
+/// a socket with that identity. The check is an `lstat`, so a symlink put
+/// at the path is not followed. Whatever else is there by then is left
+/// alone: another server's socket bound at the path after this one's file
+/// was removed, or a regular file.
 #[derive(Debug)]
-pub struct PathGuard(pub(crate) PathBuf);
+pub struct PathGuard {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl PathGuard {
+    /// Records the identity of the socket file just bound at `path`.
+    fn after_bind(path: &Path) -> io::Result<PathGuard> {
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(PathGuard {
+            path: path.to_path_buf(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// The socket's path, as given to `bind`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True if the path is still the socket file this guard recorded.
+    fn still_ours(&self) -> bool {
+        std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.file_type().is_socket() && m.dev() == self.dev && m.ino() == self.ino)
+    }
+}
 
 impl Drop for PathGuard {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if self.still_ours() {
+            let _ = std::fs::remove_file(&self.path);
+        } else {
+            tracing::info!(
+                "not removing {}: it is no longer the socket this server bound",
+                self.path.display()
+            );
+        }
     }
 }
 
@@ -109,8 +151,8 @@ impl Listener {
         Ok(match self {
             Listener::Tcp(l) => Endpoint::inet(Transport::Tcp, l.local_addr()?),
             Listener::Udp(s) => Endpoint::inet(Transport::Udp, s.local_addr()?),
-            Listener::Unix(_, p) => Endpoint::Unix(p.0.clone()),
-            Listener::UnixDgram(_, p) => Endpoint::UnixDgram(p.0.clone()),
+            Listener::Unix(_, p) => Endpoint::Unix(p.path().to_path_buf()),
+            Listener::UnixDgram(_, p) => Endpoint::UnixDgram(p.path().to_path_buf()),
         })
     }
 }
@@ -175,7 +217,6 @@ fn bind_inet(endpoint: &Endpoint, addr: SocketAddr, opts: &SocketOptions) -> io:
 /// listens on is such a leftover and is removed; a live socket, or a path
 /// that is not a socket at all, is an error.
 fn check_unix_path(path: &Path, stream: bool) -> io::Result<()> {
-    use std::os::unix::fs::FileTypeExt;
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -232,7 +273,7 @@ pub fn bind(endpoint: &Endpoint, opts: &SocketOptions) -> Result<Listener, Error
                 .map_err(|e| Error::socket(action(), e))?;
             let addr = SockAddr::unix(path).map_err(|e| Error::socket(action(), e))?;
             sock.bind(&addr).map_err(|e| Error::socket(action(), e))?;
-            let guard = PathGuard(path.clone());
+            let guard = PathGuard::after_bind(path).map_err(|e| Error::socket(action(), e))?;
             sock.listen(opts.backlog)
                 .map_err(|e| Error::socket(action(), e))?;
             Ok(Listener::Unix(sock.into(), guard))
@@ -240,7 +281,8 @@ pub fn bind(endpoint: &Endpoint, opts: &SocketOptions) -> Result<Listener, Error
         Endpoint::UnixDgram(path) => {
             check_unix_path(path, false).map_err(|e| Error::socket(action(), e))?;
             let sock = UnixDatagram::bind(path).map_err(|e| Error::socket(action(), e))?;
-            Ok(Listener::UnixDgram(sock, PathGuard(path.clone())))
+            let guard = PathGuard::after_bind(path).map_err(|e| Error::socket(action(), e))?;
+            Ok(Listener::UnixDgram(sock, guard))
         }
     }
 }
