@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Fuzz the framing decoders: run each cargo-fuzz target in fuzz/ for
-# SECONDS (default 10) and print the number of executions per target.
+# Fuzz the framing decoders and the PROXY header parser: run each
+# cargo-fuzz target in fuzz/ for SECONDS (default 10) and print the number
+# of executions per target.
 #
 #   scripts/fuzz.sh [SECONDS]
 #
 # Environment:
-#   FUZZ_TARGETS    space-separated targets (default: line delimiter length fixed)
+#   FUZZ_TARGETS    space-separated targets (default: line delimiter length fixed proxy)
 #   FUZZ_TOOLCHAIN  "nightly" or "stable"; default: nightly if rustup has it.
 #                   cargo-fuzz passes nightly-only flags (-Zsanitizer=address,
 #                   sancov passes); on stable they are unlocked with
@@ -21,7 +22,7 @@ case "$secs" in
   '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;;
 esac
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-targets=(${FUZZ_TARGETS:-line delimiter length fixed})
+targets=(${FUZZ_TARGETS:-line delimiter length fixed proxy})
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "installing cargo-fuzz..." >&2

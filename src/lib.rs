@@ -40,7 +40,7 @@
 //! | `serve_forever()`, `handle_request()`, `shutdown()`, `server_close()` | [`Server::serve_forever`], [`Server::handle_request`], [`ShutdownHandle::shutdown`], dropping the server |
 //! | `timeout`, `handle_timeout()`, `service_actions()` | [`Builder::timeout`], [`Builder::handle_timeout`], [`Builder::service_actions`] |
 //! | `verify_request()`, `handle_error()` | [`Builder::verify_request`], [`Builder::handle_error`] |
-//! | `allow_reuse_address`, `allow_reuse_port`, `request_queue_size` | [`SocketOptions`] (reuse-address on, backlog 1024) |
+//! | `allow_reuse_address`, `allow_reuse_port`, `request_queue_size` | [`SocketOptions`] (reuse-address on for TCP, never for UDP, as Python's `UDPServer`; backlog 1024) |
 //! | `server_address` | [`Server::local_endpoint`] (port 0 resolved) |
 //! | `block_on_close`, `daemon_threads` | the drain policy: [`Limits::drain_timeout`] |
 
@@ -61,6 +61,7 @@ pub mod handlers;
 mod hooks;
 mod mmsg;
 mod pipeline;
+mod proxy;
 mod run;
 mod server;
 mod shutdown;
@@ -84,6 +85,13 @@ pub use server::{Builder, Handled, IntoEndpoint, Server};
 pub use shutdown::ShutdownHandle;
 pub use socket::SocketOptions;
 pub use strategy::{Strategy, UnknownMode};
+
+/// Crate-private parsers, reachable from the fuzz targets in `fuzz/`. Not
+/// part of the API: hidden from the docs, and free to change.
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use crate::proxy::{parse, Parsed, ProxyError, Versions, MAX_HEADER_LEN};
+}
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]

@@ -335,7 +335,7 @@ impl Builder {
                 }
                 Listener::Unix(u, g) => {
                     u.set_nonblocking(true)?;
-                    let local = Address::Unix(Some(g.0.clone()));
+                    let local = Address::Unix(Some(g.path().to_path_buf()));
                     guards.push(g);
                     streams.push(Arc::new(SharedListener {
                         listener: StreamListener::Unix(u, local),

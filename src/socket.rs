@@ -4,12 +4,14 @@
 //! than whatever a runtime's `bind` happens to pick (tokio's `bind` listens
 //! with a backlog of 128; Python's `request_queue_size` is 5, which makes a
 //! `ThreadingTCPServer` reset connections when a few hundred clients arrive
-//! at once). The defaults here are a server's defaults: `SO_REUSEADDR` on,
-//! backlog 1024, `IPV6_V6ONLY` on so `[::]` and `0.0.0.0` can be served side
-//! by side (turn it off for one dual-stack socket).
+//! at once). The defaults here are a server's defaults: `SO_REUSEADDR` on
+//! for TCP (never for UDP, see [`SocketOptions::reuse_address`]), backlog
+//! 1024, `IPV6_V6ONLY` on so `[::]` and `0.0.0.0` can be served side by side
+//! (turn it off for one dual-stack socket).
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,11 +24,23 @@ use crate::error::Error;
 /// Socket options for listeners (and, where they apply, accepted sockets).
 #[derive(Debug, Clone)]
 pub struct SocketOptions {
-    /// `SO_REUSEADDR`: rebind a port still in TIME_WAIT after a restart.
-    /// On by default, as the seed's server sets `allow_reuse_address`.
+    /// `SO_REUSEADDR` on TCP listeners: rebind a port still in TIME_WAIT
+    /// after a restart. On by default, as the seed's server sets
+    /// `allow_reuse_address`. On Linux it never lets a second socket listen
+    /// on a TCP port in use.
+    ///
+    /// UDP sockets never get it, whatever this says: on a UDP socket it
+    /// lets any other socket that sets it too bind the same address and
+    /// receive the server's datagrams (Python's `UDPServer` leaves
+    /// `allow_reuse_address` false). Binding a UDP address in use fails
+    /// with "address already in use"; to share one on purpose, set
+    /// [`reuse_port`](Self::reuse_port) on every socket.
     pub reuse_address: bool,
-    /// `SO_REUSEPORT`: let several sockets (processes or threads) listen on
-    /// the same port, the kernel spreading connections between them.
+    /// `SO_REUSEPORT`: let several sockets (processes or threads) bind the
+    /// same address, the kernel spreading connections or datagrams between
+    /// them. Every socket sharing it must set it, and Linux lets only
+    /// sockets of the same user share one. Off by default; the only way
+    /// for UDP sockets to share an address.
     pub reuse_port: bool,
     /// Length of the queue of connections the kernel has accepted but the
     /// server has not (capped by `net.core.somaxconn`). Default 1024.
@@ -71,12 +85,53 @@ pub enum Listener {
 
 /// Removes a Unix socket file when the socket that created it is dropped,
 /// so a restart does not fail with "address already in use".
+///
+/// Only the file this socket created: its device and inode are recorded
+/// right after `bind`, and at drop the path is removed only if it is still
+/// a socket with that identity. The check is an `lstat`, so a symlink put
+/// at the path is not followed. Whatever else is there by then is left
+/// alone: another server's socket bound at the path after this one's file
+/// was removed, or a regular file.
 #[derive(Debug)]
-pub struct PathGuard(pub(crate) PathBuf);
+pub struct PathGuard {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl PathGuard {
+    /// Records the identity of the socket file just bound at `path`.
+    fn after_bind(path: &Path) -> io::Result<PathGuard> {
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(PathGuard {
+            path: path.to_path_buf(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// The socket's path, as given to `bind`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True if the path is still the socket file this guard recorded.
+    fn still_ours(&self) -> bool {
+        std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.file_type().is_socket() && m.dev() == self.dev && m.ino() == self.ino)
+    }
+}
 
 impl Drop for PathGuard {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if self.still_ours() {
+            let _ = std::fs::remove_file(&self.path);
+        } else {
+            tracing::info!(
+                "not removing {}: it is no longer the socket this server bound",
+                self.path.display()
+            );
+        }
     }
 }
 
@@ -96,8 +151,8 @@ impl Listener {
         Ok(match self {
             Listener::Tcp(l) => Endpoint::inet(Transport::Tcp, l.local_addr()?),
             Listener::Udp(s) => Endpoint::inet(Transport::Udp, s.local_addr()?),
-            Listener::Unix(_, p) => Endpoint::Unix(p.0.clone()),
-            Listener::UnixDgram(_, p) => Endpoint::UnixDgram(p.0.clone()),
+            Listener::Unix(_, p) => Endpoint::Unix(p.path().to_path_buf()),
+            Listener::UnixDgram(_, p) => Endpoint::UnixDgram(p.path().to_path_buf()),
         })
     }
 }
@@ -110,8 +165,17 @@ fn domain_of(addr: &SocketAddr) -> Domain {
     }
 }
 
-fn apply_common(sock: &Socket, addr: &SocketAddr, opts: &SocketOptions) -> io::Result<()> {
-    sock.set_reuse_address(opts.reuse_address)?;
+fn apply_common(
+    sock: &Socket,
+    addr: &SocketAddr,
+    transport: Transport,
+    opts: &SocketOptions,
+) -> io::Result<()> {
+    // Never on UDP: there it lets another socket bind the same address and
+    // take the datagrams (see `SocketOptions::reuse_address`).
+    if transport == Transport::Tcp {
+        sock.set_reuse_address(opts.reuse_address)?;
+    }
     if opts.reuse_port {
         sock.set_reuse_port(true)?;
     }
@@ -130,14 +194,15 @@ fn apply_common(sock: &Socket, addr: &SocketAddr, opts: &SocketOptions) -> io::R
 }
 
 fn bind_inet(endpoint: &Endpoint, addr: SocketAddr, opts: &SocketOptions) -> io::Result<Listener> {
-    let stream = endpoint.transport() == Transport::Tcp;
+    let transport = endpoint.transport();
+    let stream = transport == Transport::Tcp;
     let (ty, proto) = if stream {
         (Type::STREAM, Protocol::TCP)
     } else {
         (Type::DGRAM, Protocol::UDP)
     };
     let sock = Socket::new(domain_of(&addr), ty, Some(proto))?;
-    apply_common(&sock, &addr, opts)?;
+    apply_common(&sock, &addr, transport, opts)?;
     sock.bind(&addr.into())?;
     if stream {
         sock.listen(opts.backlog)?;
@@ -152,7 +217,6 @@ fn bind_inet(endpoint: &Endpoint, addr: SocketAddr, opts: &SocketOptions) -> io:
 /// listens on is such a leftover and is removed; a live socket, or a path
 /// that is not a socket at all, is an error.
 fn check_unix_path(path: &Path, stream: bool) -> io::Result<()> {
-    use std::os::unix::fs::FileTypeExt;
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -209,7 +273,7 @@ pub fn bind(endpoint: &Endpoint, opts: &SocketOptions) -> Result<Listener, Error
                 .map_err(|e| Error::socket(action(), e))?;
             let addr = SockAddr::unix(path).map_err(|e| Error::socket(action(), e))?;
             sock.bind(&addr).map_err(|e| Error::socket(action(), e))?;
-            let guard = PathGuard(path.clone());
+            let guard = PathGuard::after_bind(path).map_err(|e| Error::socket(action(), e))?;
             sock.listen(opts.backlog)
                 .map_err(|e| Error::socket(action(), e))?;
             Ok(Listener::Unix(sock.into(), guard))
@@ -217,7 +281,8 @@ pub fn bind(endpoint: &Endpoint, opts: &SocketOptions) -> Result<Listener, Error
         Endpoint::UnixDgram(path) => {
             check_unix_path(path, false).map_err(|e| Error::socket(action(), e))?;
             let sock = UnixDatagram::bind(path).map_err(|e| Error::socket(action(), e))?;
-            Ok(Listener::UnixDgram(sock, PathGuard(path.clone())))
+            let guard = PathGuard::after_bind(path).map_err(|e| Error::socket(action(), e))?;
+            Ok(Listener::UnixDgram(sock, guard))
         }
     }
 }

@@ -70,7 +70,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(i32).range(1..))]
     backlog: i32,
 
-    /// Set SO_REUSEPORT (several servers on one port).
+    /// Set SO_REUSEPORT: several servers on one address, each started with
+    /// --reuse-port. The only way for UDP servers to share an address.
     #[arg(long)]
     reuse_port: bool,
 
