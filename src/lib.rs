@@ -61,6 +61,7 @@ pub mod server;
 mod session;
 mod shutdown;
 pub mod socket;
+pub mod stats;
 pub mod strategy;
 
 pub use addr::{Address, Endpoint, Transport};
