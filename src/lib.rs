@@ -45,6 +45,8 @@
 //! | `block_on_close`, `daemon_threads` | the drain policy: [`Limits::drain_timeout`] |
 
 pub mod addr;
+#[cfg(feature = "admin")]
+pub mod admin;
 mod async_conn;
 pub mod bench;
 pub mod client;
