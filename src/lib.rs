@@ -46,6 +46,8 @@
 
 mod accept;
 pub mod addr;
+#[cfg(feature = "admin")]
+pub mod admin;
 mod async_conn;
 pub mod bench;
 pub mod client;
@@ -66,6 +68,7 @@ mod run;
 mod server;
 mod shutdown;
 mod socket;
+pub mod stats;
 mod strategy;
 mod tracker;
 
