@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use crate::addr::Address;
 use crate::config::OverLimit;
 use crate::context::Context;
+use crate::meter::ConnMeter;
 use crate::socket::Stream;
+use crate::stats::{ClosedConnection, End, RefuseReason};
 use crate::tracker::TrackGuard;
 
 /// A listening stream socket.
@@ -43,6 +45,16 @@ impl StreamListener {
     }
 }
 
+/// A stream listener as the serving thread or the loops hold it.
+#[derive(Debug)]
+pub(crate) struct SharedListener {
+    pub(crate) listener: StreamListener,
+    /// What logs call it.
+    pub(crate) name: crate::addr::Endpoint,
+    /// Its place among the server's listeners (for its counters).
+    pub(crate) index: usize,
+}
+
 /// A connection through the gate: registered with the tracker, its socket
 /// non-blocking.
 #[derive(Debug)]
@@ -53,6 +65,8 @@ pub(crate) struct Admitted {
     pub(crate) stream: Stream,
     pub(crate) peer: Address,
     pub(crate) local: Address,
+    /// Which of the server's listeners it came from.
+    pub(crate) listener: usize,
 }
 
 /// What one accept attempt gave.
@@ -98,12 +112,13 @@ fn is_connection_error(e: &io::Error) -> bool {
 impl Acceptor {
     /// Accepts one connection from `listener` and passes it through the
     /// gate.
-    pub(crate) fn accept(
-        &mut self,
-        listener: &StreamListener,
-        name: &dyn std::fmt::Display,
-        ctx: &Context,
-    ) -> Accepted {
+    pub(crate) fn accept(&mut self, shared: &SharedListener, ctx: &Context) -> Accepted {
+        let (listener, name) = (&shared.listener, &shared.name);
+        let meter = ctx
+            .shared
+            .tracker
+            .meters()
+            .and_then(|m| m.listener(shared.index));
         let limits = &ctx.limits;
         let tracker = &ctx.shared.tracker;
         let at_limit = limits
@@ -131,6 +146,9 @@ impl Acceptor {
             }
             Err(e) if is_connection_error(&e) => return Accepted::Refused,
             Err(e) => {
+                if let (Some(m), Some(errno)) = (meter, e.raw_os_error()) {
+                    m.accept_error(errno);
+                }
                 self.failed(name, &e);
                 return Accepted::Backoff;
             }
@@ -150,9 +168,10 @@ impl Acceptor {
                 limits.max_connections.unwrap_or(0)
             );
             refuse(&stream, ctx);
+            refused(ctx, shared, RefuseReason::Limit, &peer);
             return Accepted::Refused;
         }
-        match admit(stream, peer, listener, ctx) {
+        match admit(stream, peer, shared, ctx) {
             Some(a) => Accepted::Conn(a),
             None => Accepted::Refused,
         }
@@ -182,20 +201,23 @@ impl Acceptor {
 fn admit(
     stream: Stream,
     peer: Address,
-    listener: &StreamListener,
+    shared: &SharedListener,
     ctx: &Context,
 ) -> Option<Admitted> {
+    let listener = &shared.listener;
     let limits = &ctx.limits;
     if let (Some(max), Some(ip)) = (limits.max_connections_per_ip, peer.ip()) {
         let open = ctx.shared.tracker.connections_from(ip);
         if open >= max {
             tracing::info!(%peer, "refused: {open} connections from this address (limit {max})");
             refuse(&stream, ctx);
+            refused(ctx, shared, RefuseReason::PerIp, &peer);
             return None;
         }
     }
     if !ctx.hooks.verify(&peer) {
         tracing::debug!(%peer, "verify_request refused a peer");
+        refused(ctx, shared, RefuseReason::Verify, &peer);
         return None;
     }
     let local = match (&stream, listener) {
@@ -221,16 +243,40 @@ fn admit(
         tracing::debug!(%peer, "cannot set up an accepted connection: {e}");
         return None;
     }
+    let tcp = matches!(stream, Stream::Tcp(_));
+    let fd = stream.as_raw_fd();
+    let (index, p, l) = (shared.index, peer.to_string(), local.to_string());
     let guard = ctx
         .shared
         .tracker
-        .enter(Some(stream.as_raw_fd()), peer.ip());
+        .enter_conn(fd, peer.ip(), |id| ConnMeter::new(id, index, p, l, fd, tcp));
+    if let Some(m) = ctx.shared.tracker.meters().and_then(|m| m.listener(index)) {
+        m.accepted();
+    }
     Some(Admitted {
         guard,
         stream,
         peer,
         local,
+        listener: index,
     })
+}
+
+/// Counts a refusal and remembers it among the closed connections.
+fn refused(ctx: &Context, shared: &SharedListener, why: RefuseReason, peer: &Address) {
+    let Some(meters) = ctx.shared.tracker.meters() else {
+        return;
+    };
+    if let Some(m) = meters.listener(shared.index) {
+        m.refused(why);
+    }
+    let mut c = ClosedConnection::default();
+    c.listener = shared.index;
+    c.peer = peer.to_string();
+    c.local = shared.name.to_string();
+    c.ended = End::Refused(why);
+    c.closed_at = std::time::SystemTime::now();
+    meters.remember(c);
 }
 
 /// Sends the limit message (best effort) and closes.

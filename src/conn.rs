@@ -32,7 +32,7 @@ pub struct Connection {
     // Fields drop in declaration order: the guard unregisters the socket
     // before `stream` closes it, so a forced stop can never shut down a
     // descriptor number that has been reused.
-    _guard: TrackGuard,
+    guard: TrackGuard,
     stream: Stream,
     peer: Address,
     local: Address,
@@ -57,9 +57,10 @@ impl Connection {
             stream,
             peer,
             local,
+            ..
         } = admitted;
         Connection {
-            _guard: guard,
+            guard,
             stream,
             peer,
             local,
@@ -128,7 +129,12 @@ impl Connection {
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match (&self.stream).read(buf) {
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    if let Some(m) = self.guard.meter() {
+                        m.add_bytes(n as u64, 0);
+                    }
+                    return Ok(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -152,7 +158,12 @@ impl Connection {
     fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {
         loop {
             match (&self.stream).write(buf) {
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    if let Some(m) = self.guard.meter() {
+                        m.add_bytes(0, n as u64);
+                    }
+                    return Ok(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),

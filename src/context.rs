@@ -57,10 +57,18 @@ impl Context {
         }
     }
 
-    /// A new framed connection's pipeline.
-    pub(crate) fn new_conn(&self, peer: Address, now: Instant) -> Conn {
+    /// A new framed connection's pipeline (from listener `listener`).
+    pub(crate) fn new_conn(&self, peer: Address, listener: usize, now: Instant) -> Conn {
+        let mut session = Session::new(&self.framing, peer);
+        if let Some(meters) = self.shared.tracker.meters() {
+            if meters.timing.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(m) = meters.listener(listener) {
+                    session.time_into(std::sync::Arc::clone(m));
+                }
+            }
+        }
         Conn::new(
-            Session::new(&self.framing, peer),
+            session,
             Vec::new(),
             self.settings(),
             now,

@@ -29,6 +29,7 @@ use crate::addr::Address;
 use crate::context::Context;
 use crate::handler::{Handler, Reply};
 use crate::hooks::{Failure, Hooks};
+use crate::meter::ListenerMeter;
 use crate::shutdown::wait_fd;
 use crate::tracker::TrackGuard;
 
@@ -356,6 +357,8 @@ pub(crate) struct DgramServer {
     policy: DatagramPolicy,
     pub(crate) dropped: DropCounts,
     burst: Burst,
+    /// Its listener's counters.
+    meter: Option<Arc<ListenerMeter>>,
 }
 
 /// Datagrams one socket may take per turn before others get theirs.
@@ -420,6 +423,19 @@ impl DgramServer {
             policy,
             dropped: DropCounts::default(),
             burst: Burst::default(),
+            meter: None,
+        }
+    }
+
+    /// Counts this socket's datagrams into `meter`.
+    pub(crate) fn with_meter(mut self, meter: Option<Arc<ListenerMeter>>) -> Self {
+        self.meter = meter;
+        self
+    }
+
+    fn count_served(&self, len: usize, ends: &[usize]) {
+        if let Some(m) = &self.meter {
+            m.datagram(len, ends.len(), ends.last().copied().unwrap_or(0));
         }
     }
 
@@ -498,6 +514,9 @@ impl DgramServer {
             self.count(why, &peer);
             return Ok(None);
         }
+        if let Some(m) = &self.meter {
+            m.datagram(n, 0, 0);
+        }
         Ok(Some(DatagramJob {
             data: self.buf[..n].to_vec(),
             peer,
@@ -538,6 +557,7 @@ impl DgramServer {
             if call_handler(&ctx.handler, &ctx.hooks, data, &peer, out, ends) {
                 send_replies(&self.socket, &peer, out, ends, &ctx.hooks, false);
             }
+            self.count_served(n, &self.ends);
         }
         false
     }

@@ -128,6 +128,7 @@ pub struct Reply<'a> {
     ends: Option<&'a mut Vec<usize>>,
     peer: &'a Address,
     close: bool,
+    sent: u64,
 }
 
 impl<'a> Reply<'a> {
@@ -138,6 +139,7 @@ impl<'a> Reply<'a> {
             ends: None,
             peer,
             close: false,
+            sent: 0,
         }
     }
 
@@ -152,6 +154,7 @@ impl<'a> Reply<'a> {
             ends: Some(ends),
             peer,
             close: false,
+            sent: 0,
         }
     }
 
@@ -160,6 +163,7 @@ impl<'a> Reply<'a> {
     /// contains the delimiter, wrong fixed size).
     #[inline]
     pub fn send(&mut self, msg: &[u8]) -> Result<(), FrameError> {
+        self.sent += 1;
         match self.codec {
             Some(codec) => codec.encode(msg, self.out),
             None => {
@@ -185,6 +189,11 @@ impl<'a> Reply<'a> {
 
     pub(crate) fn wants_close(&self) -> bool {
         self.close
+    }
+
+    /// Replies sent so far.
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent
     }
 }
 

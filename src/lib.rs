@@ -61,6 +61,7 @@ pub mod frame;
 pub mod handler;
 pub mod handlers;
 mod hooks;
+mod meter;
 mod mmsg;
 mod pipeline;
 mod proxy;

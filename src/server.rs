@@ -24,12 +24,12 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::accept::{Accepted, Acceptor, StreamListener};
+use crate::accept::{Accepted, Acceptor, SharedListener, StreamListener};
 use crate::addr::{Address, Endpoint};
 use crate::config::{DrainPolicy, Limits, Timeouts};
 use crate::context::Context;
 use crate::dgram::{DatagramPolicy, DgramServer, DgramSocket};
-use crate::driver::event_loop::{EventLoops, SharedListener};
+use crate::driver::event_loop::EventLoops;
 use crate::error::Error;
 use crate::frame::Framing;
 use crate::handler::{DatagramHandler, Handler, MessageHandler, StreamHandler};
@@ -69,6 +69,10 @@ pub struct Builder {
     drain: DrainPolicy,
     datagrams: DatagramPolicy,
     blocking: bool,
+    /// Time every handler call (for the handler-duration histogram).
+    timing: bool,
+    #[cfg(feature = "admin")]
+    admin: Option<crate::admin::AdminConfig>,
     timeout: Option<Duration>,
     service_interval: Option<Duration>,
 }
@@ -87,6 +91,9 @@ impl Default for Builder {
             drain: DrainPolicy::default(),
             datagrams: DatagramPolicy::default(),
             blocking: false,
+            timing: false,
+            #[cfg(feature = "admin")]
+            admin: None,
             timeout: None,
             service_interval: None,
         }
@@ -200,6 +207,23 @@ impl Builder {
     /// Which datagrams are answered at all (loop and reflection guards).
     pub fn datagram_policy(mut self, policy: DatagramPolicy) -> Self {
         self.datagrams = policy;
+        self
+    }
+
+    /// Time every handler call, for the handler-duration histogram of
+    /// [`Server::snapshot`] (on with the admin endpoint). Costs two clock
+    /// reads per message.
+    pub fn time_handlers(mut self, on: bool) -> Self {
+        self.timing = on;
+        self
+    }
+
+    /// Serves the admin endpoint (metrics, health, the status page) for
+    /// this server; see [`crate::admin`]. Handler calls are timed.
+    #[cfg(feature = "admin")]
+    pub fn admin(mut self, config: crate::admin::AdminConfig) -> Self {
+        self.admin = Some(config);
+        self.timing = true;
         self
     }
 
@@ -331,6 +355,7 @@ impl Builder {
                     streams.push(Arc::new(SharedListener {
                         listener: StreamListener::Tcp(t),
                         name,
+                        index: bound.len() - 1,
                     }));
                 }
                 Listener::Unix(u, g) => {
@@ -340,21 +365,36 @@ impl Builder {
                     streams.push(Arc::new(SharedListener {
                         listener: StreamListener::Unix(u, local),
                         name,
+                        index: bound.len() - 1,
                     }));
                 }
                 Listener::Udp(u) => {
                     let s = DgramSocket::Udp(u);
                     s.set_nonblocking(true)?;
-                    dgrams.push(Arc::new(s));
+                    dgrams.push((Arc::new(s), bound.len() - 1));
                 }
                 Listener::UnixDgram(u, g) => {
                     guards.push(g);
                     let s = DgramSocket::Unix(u);
                     s.set_nonblocking(true)?;
-                    dgrams.push(Arc::new(s));
+                    dgrams.push((Arc::new(s), bound.len() - 1));
                 }
             }
         }
+        shared.tracker.set_meters(crate::meter::Meters {
+            listeners: bound
+                .iter()
+                .map(|ep| {
+                    Arc::new(crate::meter::ListenerMeter::new(
+                        ep.to_string(),
+                        transport_name(ep),
+                    ))
+                })
+                .collect(),
+            closed: Default::default(),
+            timing: std::sync::atomic::AtomicBool::new(self.timing),
+            started: Some(Instant::now()),
+        });
         let threads_err =
             |e: io::Error| Error::socket(format!("cannot start the {strategy} threads"), e);
         // The engine is built last: every fallible step is behind us, and
@@ -417,14 +457,13 @@ impl Builder {
             sources.push(Source::Stream(l, Acceptor::default()));
         }
         let policy = ctx.datagrams;
-        for d in dgrams {
+        for (d, l) in dgrams {
             let token = Token(sources.len());
             poll.registry()
                 .register(&mut SourceFd(&d.as_raw_fd()), token, Interest::READABLE)?;
-            sources.push(Source::Dgram(
-                Box::new(DgramServer::new(d, policy, false)),
-                None,
-            ));
+            let meter = shared.tracker.meters().and_then(|m| m.listener(l)).cloned();
+            let server = DgramServer::new(d, policy, false).with_meter(meter);
+            sources.push(Source::Dgram(Box::new(server), None));
         }
         {
             let w = Arc::clone(&waker);
@@ -440,7 +479,17 @@ impl Builder {
                 let _ = w.wake();
             }));
         }
+        #[cfg(feature = "admin")]
+        let admin = match self.admin {
+            Some(config) => Some(crate::admin::start(
+                config,
+                Arc::new(AdminSource(Arc::clone(&shared))),
+            )?),
+            None => None,
+        };
         Ok(Server {
+            #[cfg(feature = "admin")]
+            admin,
             drained: false,
             sources,
             guards,
@@ -453,6 +502,15 @@ impl Builder {
             timeout: self.timeout,
             service_interval: self.service_interval,
         })
+    }
+}
+
+fn transport_name(ep: &Endpoint) -> &'static str {
+    match ep {
+        Endpoint::Tcp(_) => "tcp",
+        Endpoint::Udp(_) => "udp",
+        Endpoint::Unix(_) => "unix",
+        Endpoint::UnixDgram(_) => "unix-dgram",
     }
 }
 
@@ -485,6 +543,8 @@ pub enum Handled {
 
 /// A bound server, ready to serve.
 pub struct Server {
+    #[cfg(feature = "admin")]
+    admin: Option<crate::admin::AdminHandle>,
     /// Set once the drain has run (by `serve_forever` or by drop).
     drained: bool,
     sources: Vec<Source>,
@@ -528,6 +588,20 @@ impl Server {
     /// The strategy in use (with `Auto` resolved).
     pub fn strategy(&self) -> Strategy {
         self.strategy
+    }
+
+    /// What the server can tell about itself now: counters per listener,
+    /// the open connections (the 500 most recently active) and the last
+    /// 100 closed ones. [`ShutdownHandle::snapshot`] does the same from
+    /// any thread.
+    pub fn snapshot(&self) -> crate::stats::Snapshot {
+        self.shutdown_handle().snapshot(500, 100)
+    }
+
+    /// The admin endpoint's address (`http://HOST:PORT`), if one is served.
+    #[cfg(feature = "admin")]
+    pub fn admin_url(&self) -> Option<String> {
+        self.admin.as_ref().map(|a| a.url())
     }
 
     /// A handle that stops this server from any thread.
@@ -643,13 +717,11 @@ impl Server {
         let mut taken = 0;
         while taken < max && !self.shared.stop.is_stopping() {
             let work = match &mut self.sources[i] {
-                Source::Stream(l, acceptor) => {
-                    match acceptor.accept(&l.listener, &l.name, &self.ctx) {
-                        Accepted::Conn(a) => Work::Conn(a),
-                        Accepted::Refused => continue,
-                        Accepted::Empty | Accepted::Paused | Accepted::Backoff => break,
-                    }
-                }
+                Source::Stream(l, acceptor) => match acceptor.accept(l, &self.ctx) {
+                    Accepted::Conn(a) => Work::Conn(a),
+                    Accepted::Refused => continue,
+                    Accepted::Empty | Accepted::Paused | Accepted::Backoff => break,
+                },
                 Source::Dgram(d, again) => {
                     if taken >= crate::dgram::DATAGRAMS_PER_TURN {
                         // Let the other sources and service_actions have a
@@ -744,6 +816,8 @@ impl Server {
             .clear();
         self.shared.tracker.clear_wakers();
         self.guards.clear();
+        #[cfg(feature = "admin")]
+        drop(self.admin.take());
     }
 
     /// At the drain: accept everything waiting on source `i`.
@@ -753,7 +827,7 @@ impl Server {
         };
         let l = Arc::clone(l);
         for _ in 0..100_000 {
-            match acceptor.accept(&l.listener, &l.name, &self.ctx) {
+            match acceptor.accept(&l, &self.ctx) {
                 Accepted::Conn(a) => self.engine.dispatch(Work::Conn(a), &self.ctx),
                 Accepted::Refused => {}
                 Accepted::Empty | Accepted::Paused | Accepted::Backoff => return,
@@ -768,5 +842,26 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.finish_drain();
+    }
+}
+
+/// The admin endpoint's view of a server.
+#[cfg(feature = "admin")]
+struct AdminSource(Arc<Shared>);
+
+#[cfg(feature = "admin")]
+impl crate::admin::Source for AdminSource {
+    fn snapshot(&self, detail: &crate::admin::Detail) -> crate::stats::Snapshot {
+        self.0
+            .tracker
+            .snapshot(self.0.stop.level(), detail.connections, detail.closed)
+    }
+
+    fn state(&self) -> crate::stats::ServeState {
+        match self.0.stop.level() {
+            crate::shutdown::StopLevel::Running => crate::stats::ServeState::Running,
+            crate::shutdown::StopLevel::Draining => crate::stats::ServeState::Draining,
+            crate::shutdown::StopLevel::Forced => crate::stats::ServeState::Forced,
+        }
     }
 }

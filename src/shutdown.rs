@@ -417,6 +417,16 @@ impl ShutdownHandle {
         self.shared.stop.is_stopping()
     }
 
+    /// What the server can tell about itself now: counters per listener,
+    /// up to `connections` open connections (the most recently active)
+    /// and up to `closed` recently closed ones. Costs a pass over the open
+    /// connections; nothing on the data path waits for it.
+    pub fn snapshot(&self, connections: usize, closed: usize) -> crate::stats::Snapshot {
+        self.shared
+            .tracker
+            .snapshot(self.shared.stop.level(), connections, closed)
+    }
+
     /// Number of connections (and datagram jobs) currently being served.
     pub fn active_connections(&self) -> usize {
         self.shared.tracker.active()

@@ -7,9 +7,11 @@ use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::shutdown::Waker;
+use crate::meter::{ConnMeter, Meters};
+use crate::shutdown::{StopLevel, Waker};
+use crate::stats::{ServeState, Snapshot};
 
 /// Counts the connections (and datagram jobs) in flight and knows their
 /// sockets, so a drain can wait for them and a forced stop can cut them.
@@ -22,6 +24,8 @@ pub(crate) struct Tracker {
     /// limit; the next connection to finish wakes it through `on_free`.
     paused: AtomicBool,
     on_free: Mutex<Vec<Waker>>,
+    /// The live counters (set once at bind).
+    meters: std::sync::OnceLock<Meters>,
 }
 
 impl std::fmt::Debug for Tracker {
@@ -37,6 +41,8 @@ struct TrackerState {
     active: usize,
     sockets: HashMap<u64, RawFd>,
     per_ip: HashMap<IpAddr, usize>,
+    /// The open connections' meters.
+    live: HashMap<u64, Arc<ConnMeter>>,
 }
 
 impl Tracker {
@@ -57,7 +63,94 @@ impl Tracker {
             tracker: Arc::clone(self),
             id,
             ip,
+            meter: None,
         }
+    }
+
+    /// Registers an accepted connection with a meter of its own.
+    pub(crate) fn enter_conn(
+        self: &Arc<Self>,
+        fd: RawFd,
+        ip: Option<IpAddr>,
+        meter: impl FnOnce(u64) -> ConnMeter,
+    ) -> TrackGuard {
+        let mut guard = self.enter(Some(fd), ip);
+        let m = Arc::new(meter(guard.id));
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .live
+            .insert(guard.id, Arc::clone(&m));
+        guard.meter = Some(m);
+        guard
+    }
+
+    /// Sets the listeners' meters (once, at bind).
+    pub(crate) fn set_meters(&self, meters: Meters) {
+        let _ = self.meters.set(meters);
+    }
+
+    /// The live counters.
+    pub(crate) fn meters(&self) -> Option<&Meters> {
+        self.meters.get()
+    }
+
+    /// What the server can tell about itself now.
+    pub(crate) fn snapshot(&self, level: StopLevel, connections: usize, closed: usize) -> Snapshot {
+        let now = Instant::now();
+        let mut snap = Snapshot::default();
+        snap.state = match level {
+            StopLevel::Running => ServeState::Running,
+            StopLevel::Draining => ServeState::Draining,
+            StopLevel::Forced => ServeState::Forced,
+        };
+        let Some(meters) = self.meters.get() else {
+            return snap;
+        };
+        snap.uptime = meters.started.map_or(Duration::ZERO, |t| now - t);
+        let live: Vec<Arc<ConnMeter>> = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .live
+            .values()
+            .cloned()
+            .collect();
+        snap.open_connections = live.len();
+        let n = meters.listeners.len();
+        let mut sums = vec![crate::stats::Counters::default(); n];
+        let mut open = vec![0u64; n];
+        for m in &live {
+            if let Some(c) = sums.get_mut(m.listener) {
+                c.add(&m.info_counters());
+                open[m.listener] += 1;
+            }
+        }
+        for (i, l) in meters.listeners.iter().enumerate() {
+            let mut ls = crate::stats::ListenerStats::default();
+            ls.endpoint = l.endpoint.clone();
+            ls.transport = l.transport;
+            ls.counters = l.counters(&sums[i], open[i]);
+            snap.listeners.push(ls);
+        }
+        if connections > 0 {
+            let mut live = live;
+            live.sort_by_key(|m| std::cmp::Reverse(m.last_active()));
+            live.truncate(connections);
+            // The rows need each socket open for TCP_INFO: read them under
+            // the lock a closing connection takes before its socket closes.
+            let _st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            snap.connections = live
+                .iter()
+                .filter(|m| _st.live.contains_key(&m.id))
+                .map(|m| m.info(now))
+                .collect();
+        }
+        if closed > 0 {
+            let g = meters.closed.lock().unwrap_or_else(|p| p.into_inner());
+            snap.closed = g.iter().take(closed).cloned().collect();
+        }
+        snap
     }
 
     /// Open connections (work with a socket of its own).
@@ -152,9 +245,15 @@ pub(crate) struct TrackGuard {
     tracker: Arc<Tracker>,
     id: u64,
     ip: Option<IpAddr>,
+    meter: Option<Arc<ConnMeter>>,
 }
 
 impl TrackGuard {
+    /// This connection's meter (accepted connections have one).
+    pub(crate) fn meter(&self) -> Option<&Arc<ConnMeter>> {
+        self.meter.as_ref()
+    }
+
     /// Registers (or, with `None`, unregisters) this work's socket, for the
     /// moment a socket changes hands and may be closed on an error path.
     pub(crate) fn set_socket(&self, fd: Option<RawFd>) {
@@ -175,6 +274,9 @@ impl Drop for TrackGuard {
         let mut st = self.tracker.state.lock().unwrap_or_else(|p| p.into_inner());
         st.active -= 1;
         st.sockets.remove(&self.id);
+        if self.meter.is_some() {
+            st.live.remove(&self.id);
+        }
         if let Some(ip) = self.ip {
             if let Some(n) = st.per_ip.get_mut(&ip) {
                 *n -= 1;
@@ -187,6 +289,9 @@ impl Drop for TrackGuard {
             self.tracker.idle.notify_all();
         }
         drop(st);
+        if let (Some(m), Some(meters)) = (&self.meter, self.tracker.meters.get()) {
+            meters.close(m);
+        }
         if self.tracker.paused.swap(false, Ordering::SeqCst) {
             for wake in self
                 .tracker

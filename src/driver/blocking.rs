@@ -10,6 +10,7 @@ use std::time::Instant;
 use crate::accept::Admitted;
 use crate::context::Context;
 use crate::handler::{MessageHandler, Reply};
+use crate::meter::ConnMeter;
 use crate::pipeline::{Conn, Next};
 use crate::shutdown::{wait_fd, StopLevel, Wake};
 use crate::socket::Stream;
@@ -23,10 +24,17 @@ pub(crate) fn serve_framed(admitted: Admitted, handler: &dyn MessageHandler, ctx
         guard,
         stream,
         peer,
+        listener,
         ..
     } = admitted;
-    let mut conn = ctx.new_conn(peer, Instant::now());
-    drive(&mut conn, &stream, handler, ctx);
+    let mut conn = ctx.new_conn(peer, listener, Instant::now());
+    drive(
+        &mut conn,
+        &stream,
+        handler,
+        ctx,
+        guard.meter().map(|m| &**m),
+    );
     // The guard unregisters the socket before it closes.
     drop(guard);
     drop(stream);
@@ -37,7 +45,7 @@ pub(crate) fn serve_framed(admitted: Admitted, handler: &dyn MessageHandler, ctx
 /// framed connection.
 pub(crate) fn linger_close(stream: &Stream, ctx: &Context) {
     let mut conn = Conn::closing(ctx.settings(), Instant::now());
-    drive(&mut conn, stream, &NoFrames, ctx);
+    drive(&mut conn, stream, &NoFrames, ctx, None);
 }
 
 /// The handler of a connection that is only closing: never called.
@@ -50,12 +58,21 @@ impl MessageHandler for NoFrames {
 }
 
 /// Moves bytes and time for `conn` until it says close.
-fn drive(conn: &mut Conn, stream: &Stream, handler: &dyn MessageHandler, ctx: &Context) {
+fn drive(
+    conn: &mut Conn,
+    stream: &Stream,
+    handler: &dyn MessageHandler,
+    ctx: &Context,
+    meter: Option<&ConnMeter>,
+) {
     let stop = &ctx.shared.stop;
     let c = ctx.ctx(handler);
     let mut buf: Vec<u8> = Vec::new();
     let mut seen = StopLevel::Running;
     loop {
+        if let Some(m) = meter {
+            m.publish(conn);
+        }
         let now = Instant::now();
         let level = stop.level();
         if level != seen {

@@ -28,8 +28,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::accept::{Accepted, Acceptor, StreamListener};
-use crate::addr::Endpoint;
+use crate::accept::{Accepted, Acceptor, SharedListener};
 use crate::context::Context;
 use crate::dgram::{DgramServer, DgramSocket};
 use crate::pipeline::{Conn, Next, Offload};
@@ -95,12 +94,6 @@ pub(crate) struct EventLoops {
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// A stream listener as the loops share it, with its printable name.
-pub(crate) struct SharedListener {
-    pub(crate) listener: StreamListener,
-    pub(crate) name: Endpoint,
-}
-
 impl EventLoops {
     /// Starts `loops` threads serving `listeners` (every loop accepts from
     /// each) and `dgrams` (each served by one loop). Every fallible step
@@ -110,7 +103,7 @@ impl EventLoops {
         ctx: &Arc<Context>,
         loops: usize,
         listeners: Vec<Arc<SharedListener>>,
-        dgrams: Vec<Arc<DgramSocket>>,
+        dgrams: Vec<(Arc<DgramSocket>, usize)>,
         workers: Option<Arc<Workers>>,
     ) -> io::Result<EventLoops> {
         let loops = loops.max(1);
@@ -143,9 +136,9 @@ impl EventLoops {
                 .iter()
                 .enumerate()
                 .filter(|(j, _)| j % loops == i)
-                .map(|(j, s)| (j, Arc::clone(s)))
+                .map(|(j, (s, l))| (j, Arc::clone(s), *l))
                 .collect();
-            for (j, s) in &mine {
+            for (j, s, _) in &mine {
                 s.set_nonblocking(true)?;
                 poll.registry().register(
                     &mut SourceFd(&s.as_raw_fd()),
@@ -298,10 +291,12 @@ impl Loop {
         poll: Poll,
         mailbox: Arc<Mailbox>,
         listeners: Vec<Arc<SharedListener>>,
-        dgrams: Vec<(usize, Arc<DgramSocket>)>,
+        dgrams: Vec<(usize, Arc<DgramSocket>, usize)>,
         workers: Option<Arc<Workers>>,
     ) -> Loop {
         let policy = ctx.datagrams;
+        let meters = ctx.shared.tracker.meters();
+        let meter = |l: usize| meters.and_then(|m| m.listener(l)).cloned();
         Loop {
             listeners: listeners
                 .into_iter()
@@ -309,7 +304,7 @@ impl Loop {
                 .collect(),
             dgrams: dgrams
                 .into_iter()
-                .map(|(j, s)| (j, DgramServer::new(s, policy, true)))
+                .map(|(j, s, l)| (j, DgramServer::new(s, policy, true).with_meter(meter(l))))
                 .collect(),
             ctx,
             poll,
@@ -454,9 +449,9 @@ impl Loop {
             let Some((l, acceptor)) = self.listeners[k].as_mut() else {
                 return;
             };
-            match acceptor.accept(&l.listener, &l.name, &self.ctx) {
+            match acceptor.accept(l, &self.ctx) {
                 Accepted::Conn(a) => {
-                    let conn = self.ctx.new_conn(a.peer, self.now);
+                    let conn = self.ctx.new_conn(a.peer, a.listener, self.now);
                     self.insert(a.guard, a.stream, conn);
                 }
                 Accepted::Refused => {}
@@ -503,6 +498,9 @@ impl Loop {
 
     fn remove(&mut self, slot: usize) {
         if let Some(e) = self.slots[slot].take() {
+            if let Some(m) = e.guard.meter() {
+                m.publish(&e.conn);
+            }
             let _ = self
                 .poll
                 .registry()
@@ -515,8 +513,18 @@ impl Loop {
         }
     }
 
-    /// Runs one connection until it has to wait.
+    /// Runs one connection until it has to wait, then publishes its
+    /// numbers for the status page (a few relaxed stores).
     fn drive(&mut self, slot: usize, gen: u32) {
+        self.drive_io(slot, gen);
+        if let Some(Some(e)) = self.slots.get(slot) {
+            if let Some(m) = e.guard.meter() {
+                m.publish(&e.conn);
+            }
+        }
+    }
+
+    fn drive_io(&mut self, slot: usize, gen: u32) {
         let now = self.now;
         let ctx = Arc::clone(&self.ctx);
         let Some(handler) = ctx.message_handler() else {
@@ -719,9 +727,9 @@ impl Loop {
             let Some((l, acceptor)) = self.listeners[k].as_mut() else {
                 return;
             };
-            match acceptor.accept(&l.listener, &l.name, &self.ctx) {
+            match acceptor.accept(l, &self.ctx) {
                 Accepted::Conn(a) => {
-                    let conn = self.ctx.new_conn(a.peer, self.now);
+                    let conn = self.ctx.new_conn(a.peer, a.listener, self.now);
                     self.insert(a.guard, a.stream, conn);
                 }
                 Accepted::Refused => {}

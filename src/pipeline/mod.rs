@@ -38,8 +38,9 @@ use std::time::{Duration, Instant};
 
 use crate::addr::Address;
 use crate::hooks::Failure;
+pub(crate) use crate::stats::End;
 use layer::{Layer, LayerIo};
-pub(crate) use session::{Ctx, Flow, Session};
+pub(crate) use session::{Counts, Ctx, Flow, Session};
 
 /// The most a lingering close (or a drain) reads and discards before it
 /// gives up: enough to absorb requests in flight, not enough to let a peer
@@ -81,27 +82,6 @@ pub(crate) enum Next {
     Busy,
     /// Close the socket; [`Conn::end`] says why.
     Close,
-}
-
-/// How a connection ended, for logs and the status page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum End {
-    /// The peer closed its side first.
-    ClientClosed,
-    /// The server closed first (the handler asked, or a frame broke the
-    /// limit).
-    ServerClosed,
-    /// The peer reset the connection.
-    Reset,
-    IdleTimeout,
-    ReadTimeout,
-    WriteTimeout,
-    /// The server drained: what had arrived was answered, then closed.
-    Drained,
-    /// Cut at the drain deadline (or a forced stop).
-    DrainCut,
-    /// An I/O or layer error.
-    Error,
 }
 
 /// Where a connection is in its life.
@@ -151,6 +131,8 @@ pub(crate) struct Conn {
     write_since: Option<Instant>,
     bytes_in: u64,
     bytes_out: u64,
+    /// The session's counts as last seen (while it is away on a worker).
+    last_counts: std::cell::Cell<Counts>,
 }
 
 impl Conn {
@@ -183,6 +165,7 @@ impl Conn {
             write_since: None,
             bytes_in: 0,
             bytes_out: 0,
+            last_counts: std::cell::Cell::new(Counts::default()),
         };
         if draining {
             conn.begin_drain(now);
@@ -597,7 +580,7 @@ impl Conn {
             }
             Phase::Draining { until, .. } if until <= now => {
                 // Everything that had arrived is answered.
-                self.end.get_or_insert(End::Drained);
+                self.end.get_or_insert(End::ServerClosed);
                 self.phase = Phase::Closing;
             }
             Phase::Lingering { until, budget } if until <= now => {
@@ -698,8 +681,21 @@ impl Conn {
     }
 
     /// Frames handled so far.
+    #[cfg(test)]
     pub(crate) fn frames(&self) -> u64 {
-        self.session.as_ref().map_or(0, Session::frames)
+        self.counts().frames
+    }
+
+    /// What the session has done so far (kept while it is on a worker).
+    pub(crate) fn counts(&self) -> Counts {
+        match &self.session {
+            Some(s) => {
+                let c = s.counts();
+                self.last_counts.set(c);
+                c
+            }
+            None => self.last_counts.get(),
+        }
     }
 
     pub(crate) fn created(&self) -> Instant {

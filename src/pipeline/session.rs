@@ -9,11 +9,14 @@
 //! hold more than one limit of replies (plus one reply) for it.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Instant;
 
 use crate::addr::Address;
 use crate::frame::{Codec, Decoded, Decoder, FrameError, Framing, OnOversize};
 use crate::handler::{MessageHandler, Reply};
 use crate::hooks::{Failure, Hooks};
+use crate::meter::ListenerMeter;
 
 /// What the connection should do after a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,10 +46,23 @@ pub(crate) struct Session {
     /// replies waiting to be written passed the limit.
     held: bool,
     peer: Address,
+    counts: Counts,
+    /// Times each handler call into this histogram (when the admin
+    /// endpoint asks for it).
+    timing: Option<Arc<ListenerMeter>>,
+}
+
+/// What a session has done so far.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counts {
     /// Frames handed to the handler.
-    frames: u64,
+    pub(crate) frames: u64,
+    /// Replies the handler sent.
+    pub(crate) replies: u64,
     /// Oversized frames reported.
-    oversize: u64,
+    pub(crate) oversize: u64,
+    pub(crate) errors: u64,
+    pub(crate) panics: u64,
 }
 
 impl Session {
@@ -57,9 +73,18 @@ impl Session {
             pending: Vec::new(),
             held: false,
             peer,
-            frames: 0,
-            oversize: 0,
+            counts: Counts::default(),
+            timing: None,
         }
+    }
+
+    /// Times every handler call into `meter`'s histogram.
+    pub(crate) fn time_into(&mut self, meter: Arc<ListenerMeter>) {
+        self.timing = Some(meter);
+    }
+
+    pub(crate) fn counts(&self) -> Counts {
+        self.counts
     }
 
     pub(crate) fn peer(&self) -> &Address {
@@ -71,15 +96,10 @@ impl Session {
         self.peer = peer;
     }
 
-    /// Frames handed to the handler so far.
-    pub(crate) fn frames(&self) -> u64 {
-        self.frames
-    }
-
     /// Frames finished so far, handled or dropped as oversized: when this
     /// moves, the frame in progress (if any) is a new one.
     pub(crate) fn frames_ended(&self) -> u64 {
-        self.frames + self.oversize
+        self.counts.frames + self.counts.oversize
     }
 
     /// True while a frame has started and not ended: bytes of it are kept,
@@ -197,7 +217,7 @@ impl Session {
                 }
                 Decoded::TooLong { consumed, error } => {
                     pos += consumed;
-                    self.oversize += 1;
+                    self.counts.oversize += 1;
                     // A corrupt length cannot be skipped (nobody knows where
                     // the next frame starts): close under either policy.
                     let corrupt = matches!(error, FrameError::BadLength(_));
@@ -213,17 +233,26 @@ impl Session {
 
     #[inline]
     fn call(&mut self, frame: &[u8], ctx: &Ctx<'_>, out: &mut Vec<u8>) -> Flow {
-        self.frames += 1;
+        self.counts.frames += 1;
         let mark = out.len();
         let mut reply = Reply::framed(out, &self.codec, &self.peer);
+        let started = self.timing.as_ref().map(|_| Instant::now());
         let result = catch_unwind(AssertUnwindSafe(|| ctx.handler.handle(frame, &mut reply)));
+        if let (Some(t), Some(m)) = (started, &self.timing) {
+            m.observe(t.elapsed());
+        }
         let close = reply.wants_close();
+        self.counts.replies += reply.sent();
         match result {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => ctx.hooks.error(&self.peer, Failure::Handler(e)),
+            Ok(Err(e)) => {
+                self.counts.errors += 1;
+                ctx.hooks.error(&self.peer, Failure::Handler(e))
+            }
             Err(payload) => {
                 // A half-built reply would corrupt the stream: drop it.
                 out.truncate(mark);
+                self.counts.panics += 1;
                 ctx.hooks.error(&self.peer, Failure::from_panic(payload));
             }
         }

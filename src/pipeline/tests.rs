@@ -325,7 +325,7 @@ fn drain_answers_what_arrived_then_closes() {
     let next = fake.run();
     assert_eq!(fake.received, b"first\nsecond\nthird\n");
     assert!(fake.shut, "half-closed after answering");
-    assert_eq!(fake.conn.end(), Some(End::Drained));
+    assert_eq!(fake.conn.end(), Some(End::ServerClosed));
     // Every reply is acknowledged (the fake kernel says so): while the
     // server drains, nothing is left to linger for.
     assert_eq!(next, Next::Close);
