@@ -187,7 +187,7 @@ def build(wanted):
     server names that could not be built."""
     os.makedirs(OUT_DIR, exist_ok=True)
     failed = set()
-    if not run_cmd(["cargo", "build", "--release", "--bin", "sockserv"], "building sockserv"):
+    if not run_cmd(["cargo", "build", "--release", "-p", "sockserv-cli", "--bin", "sockserv"], "building sockserv"):
         sys.exit("bench/run.py: sockserv does not build; it is the client of every run")
     if wanted & {"tokio-echo", "framed-lines", "tokio-udp-echo"}:
         manifest = os.path.join(PEERS, "tokio-echo", "Cargo.toml")

@@ -46,7 +46,6 @@
 
 pub mod addr;
 mod async_conn;
-pub mod bench;
 pub mod client;
 mod conn;
 mod dgram;

@@ -1,5 +1,5 @@
 //! `sockserv bench`: load-test an echo server (arguments and output only;
-//! the load generator is `sockserv::bench`).
+//! the load generator is `crate::loadgen`).
 
 use std::collections::VecDeque;
 use std::io::IsTerminal;
@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sockserv::addr::Endpoint;
-use sockserv::bench::{self as lib, BenchConfig, Control, Phase, Progress};
 use sockserv::frame::Framing;
 
 use crate::error::CliError;
+use crate::loadgen::{self as lib, BenchConfig, Control, Phase, Progress};
 use crate::util::parse_duration;
 
 /// The examples both help texts end with (one copy).

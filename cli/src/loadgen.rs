@@ -1,7 +1,7 @@
 //! A load generator for echo servers: throughput, latency percentiles and
 //! verified replies, over TCP, UDP, Unix stream and Unix datagram sockets.
 //!
-//! This is the library side of `sockserv bench`. It exists because the echo
+//! This is the engine of `sockserv bench`. It exists because the echo
 //! load generators in common use measure the wrong thing or measure it
 //! wrongly: rust_echo_bench treats one `read()` as one message (so it fails
 //! or under-counts as soon as TCP splits or merges segments), most report
@@ -35,17 +35,6 @@
 //! leaves the other core to the server. `threads` runs several runtimes,
 //! each with its share of the connections.
 //!
-//! ```no_run
-//! use std::time::Duration;
-//! use sockserv::bench::{self, BenchConfig};
-//!
-//! let mut config = BenchConfig::new("tcp://127.0.0.1:9999".parse().unwrap());
-//! config.connections = 10;
-//! config.duration = Some(Duration::from_secs(2));
-//! let report = bench::run(&config).unwrap();
-//! println!("{report}");
-//! assert_eq!(report.errors.total(), 0);
-//! ```
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -68,8 +57,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
 
-use crate::addr::Endpoint;
-use crate::frame::{Codec, Decoded, Decoder, Encoder, Framing};
+use sockserv::addr::Endpoint;
+use sockserv::frame::{Codec, Decoded, Decoder, Encoder, Framing};
 
 /// The largest UDP payload IPv4 can carry (65,535 − 8 − 20).
 const MAX_UDP_PAYLOAD: usize = 65_507;
@@ -94,7 +83,7 @@ const LATE_MEMORY: usize = 64;
 /// What to run: the target, the load shape and the limits.
 ///
 /// Build one with [`BenchConfig::new`] and change the public fields;
-/// [`run`] validates the combination and refuses impossible ones with an
+/// [`run_with_progress`] validates the combination and refuses impossible ones with an
 /// [`io::ErrorKind::InvalidInput`] error.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -478,19 +467,15 @@ pub enum Control {
     Stop,
 }
 
-/// Runs the benchmark described by `config` and reports on it.
+/// Runs the benchmark described by `config` and reports on it, calling
+/// `progress` about every 100 ms on the calling thread (the load itself
+/// runs on `config.threads` threads of its own).
 ///
 /// Fails (without a report) when the configuration is impossible
 /// ([`io::ErrorKind::InvalidInput`]), when the endpoint cannot be resolved,
 /// or when not a single connection could be opened; the error message is
 /// one line, e.g. `cannot connect to tcp://127.0.0.1:1: connection refused`.
 /// Anything that goes wrong after that is counted in the report.
-pub fn run(config: &BenchConfig) -> io::Result<Report> {
-    run_with_progress(config, &mut |_| Control::Continue)
-}
-
-/// [`run`], calling `progress` about every 100 ms on the calling thread
-/// (the load itself runs on `config.threads` threads of its own).
 pub fn run_with_progress(
     config: &BenchConfig,
     progress: &mut dyn FnMut(&Progress) -> Control,
