@@ -12,7 +12,7 @@ use sockserv::addr::Endpoint;
 use sockserv::frame::Framing;
 
 use crate::error::CliError;
-use crate::loadgen::{self as lib, BenchConfig, Control, Phase, Progress};
+use crate::loadgen::{self, BenchConfig, Control, Phase, Progress};
 use crate::util::parse_duration;
 
 /// The examples both help texts end with (one copy).
@@ -158,7 +158,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
 
     let show = !args.json && !args.no_progress && std::io::stderr().is_terminal();
     let mut bar = LiveBar::new(show, &config);
-    let result = lib::run_with_progress(&config, &mut |p| {
+    let result = loadgen::run(&config, &mut |p| {
         bar.update(p);
         if interrupted.load(Ordering::Relaxed) {
             Control::Stop
