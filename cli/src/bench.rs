@@ -48,10 +48,15 @@ Datagram endpoints (udp://, unix-dgram://) use one connected socket per
 \"connection\"; a datagram without a reply within --timeout counts as a
 timeout error.
 
-Exit status: 0 when the run completed with no error; 1 when there was any
-error (connect, I/O, wrong reply, timeout) or nothing could be connected;
-2 for a bad command line. The report is printed in every case where the run
-took place.
+At the end of a timed run the connections send no more and have up to 1 s
+(at most --timeout) to collect the replies they are owed; requests still
+unanswered then are reported as outstanding.
+
+Exit status: 0 when the run completed with no error and at least one reply;
+1 when there was any error (connect, I/O, wrong reply, timeout), when no
+request was answered, or when nothing could be connected (the reason on one
+line on stderr); 2 for a bad command line. The report is printed in every
+case where the run took place.
 
 ",
     examples!()
@@ -59,8 +64,9 @@ took place.
 
 const SHORT_HELP: &str = concat!(
     "\
-Exit status: 0 when the run had no error, 1 when it had any (the report is
-printed either way), 2 for a bad command line. More with --help.
+Exit status: 0 when the run had no error and answered requests, 1 when it
+had an error or no reply (the report is printed either way), 2 for a bad
+command line. More with --help.
 
 ",
     examples!()
@@ -130,8 +136,8 @@ pub struct BenchArgs {
     pub no_progress: bool,
 }
 
-/// Runs the benchmark, prints the report, and fails (exit 1) when the run
-/// had errors.
+/// Runs the benchmark, prints the report, and fails (exit 1, with the
+/// reason on one line) when the run had errors or answered nothing.
 pub fn run(args: BenchArgs) -> Result<(), CliError> {
     let endpoint: Endpoint = args.addr.parse().map_err(CliError::usage)?;
     let framing: Framing = args.framing.parse().map_err(CliError::usage)?;
@@ -177,17 +183,10 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
     } else {
         println!("{report}");
     }
-    let errors = report.errors.total();
-    if errors > 0 {
-        return Err(CliError::runtime(format!(
-            "{errors} error{} during the run (see the report)",
-            if errors == 1 { "" } else { "s" }
-        )));
+    match report.failure() {
+        Some(reason) => Err(CliError::runtime(reason)),
+        None => Ok(()),
     }
-    if report.interrupted {
-        return Err(CliError::runtime("interrupted"));
-    }
-    Ok(())
 }
 
 /// The live progress bar on stderr: a bar for request-count and duration

@@ -7,6 +7,8 @@
 //! requests. Every wait has a deadline; servers listen on 127.0.0.1:0 (or a
 //! temporary Unix path) only.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, UdpSocket};
 use std::os::unix::net::{UnixDatagram, UnixListener};
@@ -16,6 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
+
+use common::{wait_until, DEADLINE};
 
 /// The longest any one bench run may take before the test fails.
 const RUN_DEADLINE: Duration = Duration::from_secs(30);
@@ -137,6 +141,35 @@ fn line_echo() -> (String, Arc<AtomicU64>) {
         }
     });
     (addr, lines)
+}
+
+/// A TCP server that reads every request and never answers one (`half`
+/// false), or answers each read with only its first half (`half` true), so
+/// that no reply is ever complete. Counts the connections it accepted.
+fn unanswering(half: bool) -> (String, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("tcp://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counter = accepted.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            counter.fetch_add(1, Ordering::SeqCst);
+            thread::spawn(move || {
+                let mut buf = [0u8; 16 * 1024];
+                loop {
+                    let n = match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if half && stream.write_all(&buf[..n / 2]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
 }
 
 /// A UDP echo server counting the datagrams it received.
@@ -405,4 +438,79 @@ fn a_server_that_hangs_up_is_an_io_error() {
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert_eq!(json_num(&run.stdout, "io"), 2.0, "{}", run.stdout);
     assert_eq!(json_num(&run.stdout, "requests"), 2.0, "{}", run.stdout);
+}
+
+/// Issue 11, defect 7: with the 30 s reply timeout longer than the run, a
+/// server that never answered used to pass with `requests 0, errors 0`.
+#[test]
+fn a_server_that_never_replies_fails_the_run() {
+    let (addr, accepted) = unanswering(false);
+    let run = bench(&["-c", "4", "-d", "1s", "--json", &addr]);
+    assert_eq!(run.code, 1, "stdout: {} stderr: {}", run.stdout, run.stderr);
+    assert_eq!(json_num(&run.stdout, "requests"), 0.0, "{}", run.stdout);
+    assert_eq!(json_num(&run.stdout, "outstanding"), 4.0, "{}", run.stdout);
+    // No error was counted (the timeout did not pass): the failure is that
+    // nothing was answered, and stderr says so on one line.
+    assert_eq!(json_num(&run.stdout, "total"), 0.0, "{}", run.stdout);
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no request was answered") && run.stderr.contains("4 outstanding"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        wait_until(DEADLINE, || accepted.load(Ordering::SeqCst) == 4),
+        "the server accepted {} connections",
+        accepted.load(Ordering::SeqCst)
+    );
+
+    // The text report says it too.
+    let run = bench(&["-c", "2", "-d", "300ms", &addr]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("outstanding 2 requests without a reply"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn a_server_that_echoes_half_fails_the_run() {
+    let (addr, _) = unanswering(true);
+    let run = bench(&["-c", "4", "-d", "1s", "--json", &addr]);
+    assert_eq!(run.code, 1, "stdout: {} stderr: {}", run.stdout, run.stderr);
+    assert_eq!(json_num(&run.stdout, "requests"), 0.0, "{}", run.stdout);
+    assert_eq!(json_num(&run.stdout, "outstanding"), 4.0, "{}", run.stdout);
+    assert!(
+        run.stderr.contains("no request was answered"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_reply_timeout_fails_the_run_with_its_reason() {
+    let (addr, _) = unanswering(false);
+    let run = bench(&["-c", "2", "-d", "5s", "--timeout", "300ms", "--json", &addr]);
+    assert_eq!(run.code, 1, "stdout: {} stderr: {}", run.stdout, run.stderr);
+    assert_eq!(json_num(&run.stdout, "timeout"), 2.0, "{}", run.stdout);
+    // A timed-out connection's request is an error, not outstanding.
+    assert_eq!(json_num(&run.stdout, "outstanding"), 0.0, "{}", run.stdout);
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("2 requests had no reply within 0.300 s"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_timed_run_collects_the_replies_in_flight_at_its_end() {
+    let (addr, _) = tcp_echo(false);
+    let run = bench(&["-c", "4", "--pipeline", "8", "-d", "300ms", "--json", &addr]);
+    assert_eq!(run.code, 0, "stdout: {} stderr: {}", run.stdout, run.stderr);
+    assert!(json_num(&run.stdout, "requests") > 0.0, "{}", run.stdout);
+    assert_eq!(json_num(&run.stdout, "outstanding"), 0.0, "{}", run.stdout);
 }

@@ -203,7 +203,18 @@ impl<'a, S: Io> Conn<'a, S> {
         }
     }
 
+    /// Runs the connection until it has nothing more to send or receive, or
+    /// fails. A failed connection's requests in flight go with it: the
+    /// error accounts for them, so they are not counted as outstanding.
     pub(super) async fn run(mut self) -> Result<(), ConnError> {
+        let result = self.exchange().await;
+        if result.is_err() {
+            self.ctx.answered(self.inflight.len() as u64);
+        }
+        result
+    }
+
+    async fn exchange(&mut self) -> Result<(), ConnError> {
         // One timer per connection, re-armed only when its deadline must
         // move: re-creating a timeout around every wait would cost a timer
         // insertion per message, a visible share of a client that is
@@ -334,6 +345,7 @@ impl<'a, S: Io> Conn<'a, S> {
                 stamp,
                 measured,
             });
+            self.ctx.in_flight.set(self.ctx.in_flight.get() + 1);
             if measured {
                 self.ctx.stats.borrow_mut().sent += 1;
             }
@@ -542,6 +554,7 @@ impl<'a, S: Io> Conn<'a, S> {
         if expired == 0 {
             return;
         }
+        self.ctx.answered(expired);
         self.room_since = now;
         let first = first.unwrap_or_default();
         for seq in first..first + expired {
@@ -564,6 +577,7 @@ impl<'a, S: Io> Conn<'a, S> {
 
     #[inline]
     fn record(&mut self, req: InFlight, now: Instant) {
+        self.ctx.answered(1);
         if self.inflight.len() + 1 == self.plan.pipeline {
             self.room_since = now;
         }

@@ -50,7 +50,7 @@ mod payloads;
 mod plan;
 mod report;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -78,6 +78,13 @@ const PROGRESS_TICK: Duration = Duration::from_millis(100);
 
 /// How often a runtime checks whether the caller asked to stop.
 const STOP_POLL: Duration = Duration::from_millis(25);
+
+/// How long connections may go on collecting the replies they are owed
+/// after the end of a timed run (at most the reply timeout). A healthy
+/// server answers within milliseconds, so this only lengthens a run whose
+/// server has stopped answering; what is still unanswered after it is
+/// reported as outstanding.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 /// Which part of a run is in progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,6 +250,8 @@ struct ThreadOutcome {
     connected: usize,
     measure_start: Instant,
     finished: Instant,
+    /// Requests still without a reply when the run ended.
+    outstanding: u64,
 }
 
 /// The per-runtime context every connection task holds.
@@ -252,6 +261,19 @@ struct Ctx {
     stats: RefCell<Stats>,
     measure_start: Instant,
     end: Option<Instant>,
+    /// Requests sent and not yet answered, timed out or given up with their
+    /// connection, over all of this runtime's connections. Kept here rather
+    /// than read from the connections at the end because the end aborts
+    /// their tasks, and with them their queues of requests.
+    in_flight: Cell<u64>,
+}
+
+impl Ctx {
+    /// `n` requests in flight are settled: answered, timed out or lost with
+    /// their connection.
+    fn answered(&self, n: u64) {
+        self.in_flight.set(self.in_flight.get().saturating_sub(n));
+    }
 }
 
 fn run_thread(
@@ -350,6 +372,7 @@ async fn drive_thread(
         stats: RefCell::new(stats),
         measure_start,
         end,
+        in_flight: Cell::new(0),
     });
 
     let mut tasks = JoinSet::new();
@@ -376,12 +399,18 @@ async fn drive_thread(
     }
 
     // Supervise: end of duration, caller's stop, or all connections done.
+    // At the end of the duration the connections send no more but have
+    // `drain` to collect the replies they are owed: without it every run
+    // would end with a pipeline's worth of requests per connection in
+    // flight, and a server that answers nothing could not be told from one
+    // that answers fast.
     let mut poll = tokio::time::interval(STOP_POLL);
-    let end_sleep = tokio::time::sleep_until(
+    let drain = plan.reply_timeout.min(DRAIN_GRACE);
+    let deadline = tokio::time::sleep_until(
         end.unwrap_or(start + Duration::from_secs(100 * 365 * 86_400))
             .into(),
     );
-    tokio::pin!(end_sleep);
+    tokio::pin!(deadline);
     let mut finished = None;
     loop {
         tokio::select! {
@@ -390,18 +419,24 @@ async fn drive_thread(
                     break;
                 }
             }
-            _ = &mut end_sleep => {
-                finished = end;
-                break;
+            _ = &mut deadline => {
+                match end {
+                    Some(end) if finished.is_none() => {
+                        finished = Some(end);
+                        deadline.as_mut().reset((end + drain).into());
+                    }
+                    _ => break,
+                }
             }
             _ = poll.tick() => {
                 if shared.stop.load(Ordering::Relaxed) {
-                    finished = Some(Instant::now());
+                    finished.get_or_insert_with(Instant::now);
                     break;
                 }
             }
         }
     }
+    let outstanding = ctx.in_flight.get();
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     let finished = finished.unwrap_or_else(|| {
@@ -422,5 +457,6 @@ async fn drive_thread(
         connected,
         measure_start,
         finished,
+        outstanding,
     })
 }

@@ -137,6 +137,13 @@ pub struct Report {
     /// Datagram replies that arrived after their request had timed out
     /// (already counted as timeouts; not errors twice).
     pub late: u64,
+    /// Requests still without a reply when the run ended (for a timed run,
+    /// after a grace of up to 1 s to collect the replies in flight). Not an
+    /// error by itself, since a reply may simply be slower than the grace;
+    /// but a run where nothing at all was answered fails.
+    pub outstanding: u64,
+    /// The reply timeout that was in force.
+    pub reply_timeout: Duration,
     pub errors: ErrorCounts,
     /// The first error message of each kind that occurred.
     pub error_samples: Vec<(ErrorKind, String)>,
@@ -175,6 +182,8 @@ impl Report {
         j.num("sent", self.sent as f64);
         j.num("requests", self.requests as f64);
         j.num("late", self.late as f64);
+        j.num("outstanding", self.outstanding as f64);
+        j.num("timeout_s", self.reply_timeout.as_secs_f64());
         j.num("rps", round3(self.rps));
         j.num("mb_per_s", round3(self.mb_per_s));
         let mut errors = JsonObject::new();
@@ -203,6 +212,49 @@ impl Report {
             None => j.raw("latency_us", "null"),
         }
         j.finish()
+    }
+}
+
+impl Report {
+    /// Why the run failed, in one line, or `None` when it passed: no error
+    /// of any kind, not interrupted, and at least one request answered. A
+    /// run that answered nothing fails even without an error, because with
+    /// a reply timeout longer than the run (30 s for streams by default) a
+    /// server that never answers would otherwise pass.
+    pub fn failure(&self) -> Option<String> {
+        let errors = self.errors.total();
+        let timeouts = self.errors.timeout;
+        if timeouts > 0 && timeouts == errors {
+            return Some(format!(
+                "{} request{} had no reply within {} (see the report)",
+                group(timeouts),
+                plural(timeouts),
+                secs(self.reply_timeout)
+            ));
+        }
+        if errors > 0 {
+            let of_them = if timeouts > 0 {
+                format!(", {} of them reply timeouts", group(timeouts))
+            } else {
+                String::new()
+            };
+            return Some(format!(
+                "{} error{} during the run{of_them} (see the report)",
+                group(errors),
+                plural(errors)
+            ));
+        }
+        if self.interrupted {
+            return Some("interrupted".to_string());
+        }
+        if self.requests == 0 {
+            return Some(format!(
+                "no request was answered in {:.2} s ({} outstanding at the end of the run)",
+                self.duration.as_secs_f64(),
+                group(self.outstanding)
+            ));
+        }
+        None
     }
 }
 
@@ -267,6 +319,14 @@ impl fmt::Display for Report {
                 f,
                 "  late      {} replies after their timeout",
                 group(self.late)
+            )?;
+        }
+        if self.outstanding > 0 {
+            writeln!(
+                f,
+                "  outstanding {} request{} without a reply at the end of the run",
+                group(self.outstanding),
+                plural(self.outstanding),
             )?;
         }
         if self.errors.total() == 0 {
@@ -342,7 +402,7 @@ pub(super) fn build_report(
         .expect("constant histogram bounds are valid");
     let mut errors = ErrorCounts::default();
     let mut samples: [Option<String>; 4] = Default::default();
-    let (mut requests, mut sent, mut late, mut connected) = (0, 0, 0, 0);
+    let (mut requests, mut sent, mut late, mut connected, mut outstanding) = (0, 0, 0, 0, 0);
     let mut connect_time = Duration::ZERO;
     let mut window_start: Option<Instant> = None;
     let mut window_end: Option<Instant> = None;
@@ -351,6 +411,7 @@ pub(super) fn build_report(
         requests += o.stats.requests;
         sent += o.stats.sent;
         late += o.stats.late;
+        outstanding += o.outstanding;
         connected += o.connected;
         for kind in ErrorKind::ALL {
             errors.add(kind, o.stats.errors.get(kind));
@@ -415,6 +476,8 @@ pub(super) fn build_report(
         sent,
         requests,
         late,
+        outstanding,
+        reply_timeout: plan.reply_timeout,
         errors,
         error_samples,
         rps,
