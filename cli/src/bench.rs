@@ -25,6 +25,7 @@ macro_rules! examples {
   sockserv bench -c 100 --pipeline 32 --framing line tcp://127.0.0.1:9999
   sockserv bench -c 10 --rate 20000 -d 10 tcp://127.0.0.1:9999   # open loop
   sockserv bench -c 8 --size 512 udp://127.0.0.1:9999
+  sockserv bench --churn -c 50 -d 10 tcp://127.0.0.1:9999   # a new connection per request
   sockserv bench unix:///tmp/echo.sock"
     };
 }
@@ -43,6 +44,15 @@ are due on a fixed schedule spread over the connections; a request that has
 to wait for a reply to free its slot (at most --pipeline in flight) has its
 latency measured from the time it was due, so a stalling server is charged
 for the requests it delayed (no coordinated omission).
+
+Connection churn (--churn): each of the -c clients loops connect, send one
+--size line, read the reply, close. The report counts connections per second
+and the latency from the start of connect to the reply. The payload has no
+lower-case letters, so an upper-casing server (the seed's, or serve's
+default handler) answers it like an echo; a reply may come without its line
+end when the server closes after it. Against 127.0.0.1 the connections are
+bound to client addresses 127.0.0.2 to 127.0.0.250 in turn, so that the
+client's ephemeral ports in TIME_WAIT do not cap the rate.
 
 Datagram endpoints (udp://, unix-dgram://) use one connected socket per
 \"connection\"; a datagram without a reply within --timeout counts as a
@@ -103,9 +113,10 @@ pub struct BenchArgs {
     pub pipeline: usize,
 
     /// Request framing: raw, line, crlf, delim:STRING, len:N[:le], fixed:N.
-    /// The server must use the same framing.
-    #[arg(long, default_value = "raw", value_name = "FRAMING")]
-    pub framing: String,
+    /// The server must use the same framing. Default: raw; line with
+    /// --churn.
+    #[arg(long, value_name = "FRAMING")]
+    pub framing: Option<String>,
 
     /// Open loop: total requests per second over all connections.
     #[arg(long, value_name = "PER_SECOND")]
@@ -126,6 +137,11 @@ pub struct BenchArgs {
     #[arg(long, value_parser = parse_duration, value_name = "TIME")]
     pub timeout: Option<Duration>,
 
+    /// Connection churn: every request on a new connection (connect, send
+    /// one line, read the reply, close), -c clients at a time.
+    #[arg(long, conflicts_with_all = ["rate", "pipeline"])]
+    pub churn: bool,
+
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -140,7 +156,13 @@ pub struct BenchArgs {
 /// reason on one line) when the run had errors or answered nothing.
 pub fn run(args: BenchArgs) -> Result<(), CliError> {
     let endpoint: Endpoint = args.addr.parse().map_err(CliError::usage)?;
-    let framing: Framing = args.framing.parse().map_err(CliError::usage)?;
+    let default_framing = if args.churn { "line" } else { "raw" };
+    let framing: Framing = args
+        .framing
+        .as_deref()
+        .unwrap_or(default_framing)
+        .parse()
+        .map_err(CliError::usage)?;
     let mut config = BenchConfig::new(endpoint);
     config.connections = args.connections;
     config.duration = args.duration;
@@ -152,6 +174,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
     config.warmup = args.warmup;
     config.threads = args.threads;
     config.timeout = args.timeout;
+    config.churn = args.churn;
 
     // First Ctrl-C: stop and report what was measured. Second: exit now.
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -200,6 +223,8 @@ struct LiveBar {
     connections: usize,
     warmup: Duration,
     total_secs: f64,
+    /// "req/s", or "conn/s" for churn (one request per connection).
+    unit: &'static str,
 }
 
 impl LiveBar {
@@ -226,6 +251,7 @@ impl LiveBar {
                 .effective_duration()
                 .unwrap_or_default()
                 .as_secs_f64(),
+            unit: if config.churn { "conn/s" } else { "req/s" },
         }
     }
 
@@ -258,10 +284,11 @@ impl LiveBar {
             }
             Phase::Warmup => {
                 bar.set_message(format!(
-                    "warming up {:.0}/{:.0} s  {:.0} req/s",
+                    "warming up {:.0}/{:.0} s  {:.0} {}",
                     p.elapsed.as_secs_f64(),
                     self.warmup.as_secs_f64(),
-                    rate
+                    rate,
+                    self.unit
                 ));
             }
             Phase::Measuring => {
@@ -276,7 +303,10 @@ impl LiveBar {
                 } else {
                     format!("{:.0}/{:.0} s  ", p.elapsed.as_secs_f64(), self.total_secs)
                 };
-                bar.set_message(format!("{clock}{rate:.0} req/s  {} errors", p.errors));
+                bar.set_message(format!(
+                    "{clock}{rate:.0} {}  {} errors",
+                    self.unit, p.errors
+                ));
             }
         }
         bar.tick();

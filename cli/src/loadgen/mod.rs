@@ -41,10 +41,12 @@
 //!   turned into a read-only plan; where the connections go.
 //! - [`payloads`]: what each request carries and how a reply is checked.
 //! - [`connections`]: one connection's I/O loop over any transport.
+//! - [`churn`]: the connection-churn workload (connect, one line, close).
 //! - [`report`]: counters, the latency histogram, the text and JSON report.
 //! - this file: the threads and the phases of a run (connect, start
 //!   together, load, stop) and the progress callback.
 
+mod churn;
 mod connections;
 mod payloads;
 mod plan;
@@ -138,7 +140,11 @@ pub fn run(
     let plan = Arc::new(Plan::new(config)?);
     raise_nofile_limit();
     check_fd_budget(config.connections)?;
-    let targets = Arc::new(resolve_targets(&config.endpoint, config.connections)?);
+    let targets = Arc::new(resolve_targets(
+        &config.endpoint,
+        config.connections,
+        config.churn,
+    )?);
     let _cleanup = TempPaths(targets.local_paths.clone());
 
     let shared = Arc::new(Shared {
@@ -192,7 +198,7 @@ pub fn run(
         return Err(io::Error::other("a benchmark thread failed"));
     }
     let outcomes = outcomes.into_iter().collect::<io::Result<Vec<_>>>()?;
-    build_report(config, &plan, outcomes, interrupted)
+    build_report(config, &plan, outcomes, interrupted, targets.sources.len())
 }
 
 /// State shared by the caller's thread and every runtime thread.
@@ -305,10 +311,12 @@ async fn drive_thread(
     let mine: Vec<usize> = (thread..plan.connections).step_by(plan.threads).collect();
     let mut stats = Stats::new();
 
-    // Connect, a bounded number at a time.
+    // Connect, a bounded number at a time. (Churn clients open their own
+    // connections, one per request, once the load has started.)
     let permits = Rc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let mut connecting = JoinSet::new();
-    for &conn in &mine {
+    let long_lived: &[usize] = if plan.churn { &[] } else { &mine };
+    for &conn in long_lived {
         let (permits, targets, plan) = (permits.clone(), targets.clone(), plan.clone());
         connecting.spawn_local(async move {
             let _permit = permits.acquire().await;
@@ -376,6 +384,12 @@ async fn drive_thread(
     });
 
     let mut tasks = JoinSet::new();
+    if plan.churn {
+        for &client in &mine {
+            let (ctx, targets) = (ctx.clone(), targets.clone());
+            tasks.spawn_local(async move { churn::client(&ctx, &targets, client).await });
+        }
+    }
     for (conn, sock) in sockets {
         let ctx = ctx.clone();
         // Open loop: spread the connections' first sends over one interval

@@ -31,7 +31,21 @@ impl Payloads {
     /// them: `delim:A|B` splits on either) and of whatever the encoder
     /// appends after a payload (`\n`, `\r\n`).
     pub(super) fn new(size: usize, framing: Option<&Framing>) -> io::Result<Payloads> {
+        Payloads::build(size, framing, false)
+    }
+
+    /// Payloads that an upper-casing server answers unchanged: no lower-case
+    /// letters, so the seed's `upper` handler and an echo reply alike. The
+    /// churn workload is meant to run against either.
+    pub(super) fn case_blind(size: usize, framing: Option<&Framing>) -> io::Result<Payloads> {
+        Payloads::build(size, framing, true)
+    }
+
+    fn build(size: usize, framing: Option<&Framing>, case_blind: bool) -> io::Result<Payloads> {
         let mut alphabet: Vec<u8> = (0x21u8..=0x7e).collect();
+        if case_blind {
+            alphabet.retain(|b| !b.is_ascii_lowercase());
+        }
         if let Some(framing) = framing {
             let codec = framing.codec();
             let mut banned = Vec::new();
@@ -174,6 +188,18 @@ mod tests {
                     "duplicate payload for {conn}/{seq}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn case_blind_payloads_survive_upper_casing() {
+        let framing: Framing = "line".parse().unwrap();
+        let p = Payloads::case_blind(64, Some(&framing)).unwrap();
+        let mut buf = vec![0; 64];
+        for seq in 0..500 {
+            p.fill(&mut buf, 7, seq);
+            assert_eq!(buf.to_ascii_uppercase(), buf);
+            assert!(!buf.contains(&b'\n'));
         }
     }
 

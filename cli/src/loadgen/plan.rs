@@ -7,7 +7,7 @@
 //! find out the descriptor limit is 1,024) wastes the user's time.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -64,6 +64,13 @@ pub struct BenchConfig {
     pub timeout: Option<Duration>,
     /// How long one connection attempt may take.
     pub connect_timeout: Duration,
+    /// Connection churn instead of long-lived connections: each of the
+    /// `connections` clients loops connect, send one line, read the reply,
+    /// close. Measures what a server pays per connection (accept, setup,
+    /// teardown), which a ping-pong run over long-lived connections never
+    /// shows. Streams only; one request per connection, so no pipeline or
+    /// rate; line framing.
+    pub churn: bool,
 }
 
 impl BenchConfig {
@@ -83,6 +90,7 @@ impl BenchConfig {
             threads: 1,
             timeout: None,
             connect_timeout: Duration::from_secs(10),
+            churn: false,
         }
     }
 
@@ -125,6 +133,8 @@ pub(super) struct Plan {
     pub(super) connect_timeout: Duration,
     pub(super) payloads: Payloads,
     pub(super) endpoint_text: String,
+    /// Connection churn (see [`BenchConfig::churn`]).
+    pub(super) churn: bool,
 }
 
 impl Plan {
@@ -189,8 +199,33 @@ impl Plan {
                 transport.scheme()
             )));
         }
+        if config.churn {
+            if !transport.is_stream() {
+                return Err(invalid(format!(
+                    "--churn needs a stream endpoint (tcp:// or unix://), not {}",
+                    transport.scheme()
+                )));
+            }
+            if config.rate.is_some() || config.pipeline != 1 {
+                return Err(invalid(
+                    "--churn sends one request per connection as fast as replies come: \
+                     --rate and --pipeline do not apply"
+                        .into(),
+                ));
+            }
+            if config.framing.to_string() != "line" {
+                return Err(invalid(format!(
+                    "--churn sends one line per connection: --framing {} does not apply",
+                    config.framing
+                )));
+            }
+        }
         let framing = (!raw).then(|| config.framing.clone());
-        let payloads = Payloads::new(config.size, framing.as_ref())?;
+        let payloads = if config.churn {
+            Payloads::case_blind(config.size, framing.as_ref())?
+        } else {
+            Payloads::new(config.size, framing.as_ref())?
+        };
         Ok(Plan {
             connections: config.connections,
             threads: config.threads.min(config.connections),
@@ -205,6 +240,7 @@ impl Plan {
             connect_timeout: config.connect_timeout,
             payloads,
             endpoint_text: config.endpoint.to_string(),
+            churn: config.churn,
         })
     }
 }
@@ -218,9 +254,37 @@ pub(super) struct Targets {
     /// server can only reply to a bound address).
     pub(super) local_paths: Vec<PathBuf>,
     pub(super) endpoint: Endpoint,
+    /// Churn against an IPv4 loopback address: the client addresses the
+    /// connections are bound to, in turn (empty: the system chooses).
+    pub(super) sources: Vec<IpAddr>,
 }
 
-pub(super) fn resolve_targets(endpoint: &Endpoint, connections: usize) -> io::Result<Targets> {
+/// The client addresses churn spreads its connections over when the server
+/// is on IPv4 loopback: 127.0.0.2 to 127.0.0.250.
+///
+/// Each closed connection leaves its (client address, port) pair in
+/// TIME_WAIT for a minute, and one client address has about 28,000
+/// ephemeral ports: from one address a churn run would stall at some 470
+/// connections a second, a limit of the client machine, not of the server.
+/// The whole of 127.0.0.0/8 is local on Linux, so 249 addresses lift it
+/// about 249-fold. Empty when binding one of them fails (another system).
+fn churn_sources(addrs: &[SocketAddr]) -> Vec<IpAddr> {
+    let loopback_v4 = addrs
+        .first()
+        .is_some_and(|a| matches!(a.ip(), IpAddr::V4(ip) if ip.is_loopback()));
+    if !loopback_v4 || std::net::UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 2), 0)).is_err() {
+        return Vec::new();
+    }
+    (2..=250)
+        .map(|last| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
+        .collect()
+}
+
+pub(super) fn resolve_targets(
+    endpoint: &Endpoint,
+    connections: usize,
+    churn: bool,
+) -> io::Result<Targets> {
     let addrs = endpoint.resolve().map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -244,10 +308,16 @@ pub(super) fn resolve_targets(endpoint: &Endpoint, connections: usize) -> io::Re
         }
         _ => Vec::new(),
     };
+    let sources = if churn {
+        churn_sources(&addrs)
+    } else {
+        Vec::new()
+    };
     Ok(Targets {
         addrs,
         local_paths,
         endpoint: endpoint.clone(),
+        sources,
     })
 }
 

@@ -109,10 +109,16 @@ pub struct Latency {
 pub struct Report {
     /// The endpoint as written in canonical form.
     pub endpoint: String,
-    /// Connections asked for.
+    /// Connections asked for (churn: clients).
     pub connections: usize,
-    /// Connections that were opened.
+    /// Connections that were opened (churn: over the whole run).
     pub connected: usize,
+    /// The connection-churn workload: every request on a new connection, so
+    /// `requests` and `rps` count connections.
+    pub churn: bool,
+    /// Churn: how many client addresses the connections were spread over
+    /// (0: the one the system chose).
+    pub sources: usize,
     pub threads: usize,
     pub pipeline: usize,
     /// Payload bytes per request.
@@ -164,6 +170,8 @@ impl Report {
         j.str("endpoint", &self.endpoint);
         j.num("connections", self.connections as f64);
         j.num("connected", self.connected as f64);
+        j.raw("churn", if self.churn { "true" } else { "false" });
+        j.num("sources", self.sources as f64);
         j.num("threads", self.threads as f64);
         j.num("pipeline", self.pipeline as f64);
         j.num("size", self.size as f64);
@@ -185,6 +193,11 @@ impl Report {
         j.num("outstanding", self.outstanding as f64);
         j.num("timeout_s", self.reply_timeout.as_secs_f64());
         j.num("rps", round3(self.rps));
+        if self.churn {
+            j.num("conns_per_s", round3(self.rps));
+        } else {
+            j.raw("conns_per_s", "null");
+        }
         j.num("mb_per_s", round3(self.mb_per_s));
         let mut errors = JsonObject::new();
         errors.num("total", self.errors.total() as f64);
@@ -258,8 +271,9 @@ impl Report {
     }
 }
 
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Report {
+    /// The first two lines of a run over long-lived connections.
+    fn head(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mode = match self.rate {
             Some(r) => format!("open loop at {} req/s", group(r.round() as u64)),
             None => "closed loop".to_string(),
@@ -280,7 +294,41 @@ impl fmt::Display for Report {
             f,
             "  load      {}-byte requests, framing {}, pipeline {}",
             self.size, self.framing, self.pipeline,
+        )
+    }
+
+    /// The first two lines of a churn run.
+    fn churn_head(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{}: connection churn, {} client{} ({} connections opened), {} thread{}",
+            self.endpoint,
+            self.connections,
+            plural(self.connections as u64),
+            group(self.connected as u64),
+            self.threads,
+            plural(self.threads as u64),
         )?;
+        let sources = if self.sources > 1 {
+            format!(", from {} client addresses", self.sources)
+        } else {
+            String::new()
+        };
+        writeln!(
+            f,
+            "  load      connect, one {}-byte line, reply, close{sources}",
+            self.size,
+        )
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.churn {
+            self.churn_head(f)?;
+        } else {
+            self.head(f)?;
+        }
         let warm = if self.warmup.is_zero() {
             String::new()
         } else {
@@ -291,26 +339,39 @@ impl fmt::Display for Report {
         } else {
             ""
         };
-        writeln!(
-            f,
-            "  requests  {} in {:.2} s{}{}: {} req/s, {:.2} MB/s each way",
-            group(self.requests),
-            self.duration.as_secs_f64(),
-            warm,
-            stopped,
-            group(self.rps.round() as u64),
-            self.mb_per_s,
-        )?;
+        if self.churn {
+            writeln!(
+                f,
+                "  conns     {} in {:.2} s{}{}: {} conn/s",
+                group(self.requests),
+                self.duration.as_secs_f64(),
+                warm,
+                stopped,
+                group(self.rps.round() as u64),
+            )?;
+        } else {
+            writeln!(
+                f,
+                "  requests  {} in {:.2} s{}{}: {} req/s, {:.2} MB/s each way",
+                group(self.requests),
+                self.duration.as_secs_f64(),
+                warm,
+                stopped,
+                group(self.rps.round() as u64),
+                self.mb_per_s,
+            )?;
+        }
         match &self.latency {
             Some(l) => writeln!(
                 f,
-                "  latency   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {})",
+                "  latency   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {}{})",
                 us(l.p50_us),
                 us(l.p90_us),
                 us(l.p99_us),
                 us(l.p999_us),
                 us(l.max_us),
                 us(l.mean_us),
+                if self.churn { "; connect to reply" } else { "" },
             )?,
             None => writeln!(f, "  latency   no replies measured")?,
         }
@@ -360,6 +421,9 @@ pub(super) struct Stats {
     pub(super) errors: ErrorCounts,
     pub(super) samples: [Option<String>; 4],
     pub(super) last_reply: Option<Instant>,
+    /// Churn: connections opened (long-lived connections are counted by
+    /// the connect phase instead).
+    pub(super) opened: u64,
 }
 
 impl Stats {
@@ -373,6 +437,7 @@ impl Stats {
             errors: ErrorCounts::default(),
             samples: Default::default(),
             last_reply: None,
+            opened: 0,
         }
     }
 
@@ -392,11 +457,14 @@ impl Stats {
     }
 }
 
+/// Merges what every runtime counted into the report. `sources_used` is
+/// the number of client addresses churn connections were spread over.
 pub(super) fn build_report(
     config: &BenchConfig,
     plan: &Plan,
     outcomes: Vec<ThreadOutcome>,
     interrupted: bool,
+    sources_used: usize,
 ) -> io::Result<Report> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_NS, 3)
         .expect("constant histogram bounds are valid");
@@ -412,7 +480,11 @@ pub(super) fn build_report(
         sent += o.stats.sent;
         late += o.stats.late;
         outstanding += o.outstanding;
-        connected += o.connected;
+        connected += if plan.churn {
+            o.stats.opened as usize
+        } else {
+            o.connected
+        };
         for kind in ErrorKind::ALL {
             errors.add(kind, o.stats.errors.get(kind));
         }
@@ -428,8 +500,10 @@ pub(super) fn build_report(
     }
 
     // Not one connection made it: there is no benchmark to report, only the
-    // reason (the first connect error says it for all).
-    if errors.connect as usize >= config.connections {
+    // reason (the first connect error says it for all). A churn client
+    // whose connections went through may fail a connect later on; that is
+    // counted, not fatal.
+    if errors.connect as usize >= config.connections && (!plan.churn || connected == 0) {
         let msg = samples[ErrorKind::Connect.index()]
             .take()
             .unwrap_or_else(|| format!("cannot connect to {}", config.endpoint));
@@ -462,6 +536,8 @@ pub(super) fn build_report(
         .collect();
     Ok(Report {
         endpoint: plan.endpoint_text.clone(),
+        churn: plan.churn,
+        sources: sources_used,
         connections: config.connections,
         connected,
         threads: plan.threads,
