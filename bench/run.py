@@ -62,7 +62,7 @@ class Scenario:
     def __init__(self, key, title, kind, bench_args, tokio, floor):
         self.key = key  # name on the command line
         self.title = title  # name in the table
-        self.kind = kind  # tcp, line, idle or udp: which servers can take part
+        self.kind = kind  # tcp, line, idle, udp or churn: which servers can take part
         self.bench_args = bench_args  # extra `sockserv bench` arguments
         self.tokio = tokio  # the server ratios are taken against
         self.floor = floor  # the C floor
@@ -93,6 +93,17 @@ def scenarios(idle_connections):
             "epoll",
         ),
         Scenario("udp", "UDP echo 64 B, 50 sockets", "udp", ["-c", "50"], "tokio-udp-echo", "c-udp"),
+        Scenario(
+            "churn",
+            "connection churn, 64 B line, 50 clients",
+            "churn",
+            # Each client: connect, one 64-byte line, the reply, close. What
+            # a server pays per connection (accept, setup, teardown) rather
+            # than per message.
+            ["--churn", "-c", "50"],
+            "tokio-echo",
+            "epoll",
+        ),
     ]
 
 
@@ -122,19 +133,19 @@ def servers(modes, sockserv_extra):
                 argv += ["--framing", "line"]
             return argv + ["%s://%s:0" % (scheme, HOST)]
 
-        out.append(Server("sockserv-" + mode, "sockserv %s" % mode, {"tcp", "line", "idle", "udp"}, sockserv_argv))
+        out.append(Server("sockserv-" + mode, "sockserv %s" % mode, {"tcp", "line", "idle", "udp", "churn"}, sockserv_argv))
     bin_ = lambda name: os.path.join(OUT_DIR, "release", name)  # noqa: E731
     out += [
-        Server("tokio-echo", "tokio echo example", {"tcp", "line", "idle"}, lambda sc: [bin_("tokio-echo"), HOST + ":0"]),
+        Server("tokio-echo", "tokio echo example", {"tcp", "line", "idle", "churn"}, lambda sc: [bin_("tokio-echo"), HOST + ":0"]),
         Server("framed-lines", "tokio-util Framed<LinesCodec>", {"line"}, lambda sc: [bin_("framed-lines"), HOST + ":0"]),
         Server("tokio-udp-echo", "tokio UdpSocket loop", {"udp"}, lambda sc: [bin_("tokio-udp-echo"), HOST + ":0"]),
-        Server("epoll", "C epoll, 1 thread", {"tcp", "line", "idle"}, lambda sc: [os.path.join(OUT_DIR, "epoll_echo"), HOST, "0"]),
+        Server("epoll", "C epoll, 1 thread", {"tcp", "line", "idle", "churn"}, lambda sc: [os.path.join(OUT_DIR, "epoll_echo"), HOST, "0"]),
         Server("c-udp", "C recvfrom/sendto", {"udp"}, lambda sc: [os.path.join(OUT_DIR, "udp_echo"), HOST, "0"]),
-        Server("go", "Go net, goroutine per conn", {"tcp", "line", "idle"}, lambda sc: [os.path.join(OUT_DIR, "echo-go"), HOST, "0"]),
+        Server("go", "Go net, goroutine per conn", {"tcp", "line", "idle", "churn"}, lambda sc: [os.path.join(OUT_DIR, "echo-go"), HOST, "0"]),
         Server(
             "python",
             "Python ThreadingTCPServer",
-            {"tcp", "line", "idle"},
+            {"tcp", "line", "idle", "churn"},
             lambda sc: [sys.executable, os.path.join(PEERS, "threading_echo.py"), HOST, "0"],
         ),
     ]
@@ -187,7 +198,7 @@ def build(wanted):
     server names that could not be built."""
     os.makedirs(OUT_DIR, exist_ok=True)
     failed = set()
-    if not run_cmd(["cargo", "build", "--release", "--bin", "sockserv"], "building sockserv"):
+    if not run_cmd(["cargo", "build", "--release", "-p", "sockserv-cli", "--bin", "sockserv"], "building sockserv"):
         sys.exit("bench/run.py: sockserv does not build; it is the client of every run")
     if wanted & {"tokio-echo", "framed-lines", "tokio-udp-echo"}:
         manifest = os.path.join(PEERS, "tokio-echo", "Cargo.toml")
@@ -322,6 +333,15 @@ def one_run(server, scenario, seconds, logf):
             sample()
             held = max(report["connected"], 1)
             result.update(base_kib=base, peak_kib=peak[0], per_conn_kib=(peak[0] - base) / held)
+        elif scenario.kind == "churn":
+            # The server's CPU over the whole client run, divided by every
+            # connection the client opened in it (also those answered in
+            # the grace after the measured window, which the CPU covers).
+            cpu0 = running.cpu_seconds()
+            report = run_client(args, seconds + 60)
+            cpu1 = running.cpu_seconds()
+            conns = max(report["connected"], 1)
+            result["cpu_us_per_conn"] = (cpu1 - cpu0) / conns * 1e6
         else:
             cpu0 = running.cpu_seconds()
             report = run_client(args, seconds + 60)
@@ -367,7 +387,7 @@ def summarize(results):
         s = {"runs": len(runs), "failed": len(runs) - len(ok)}
         if not ok:
             s["error"] = runs[0].get("error", "failed")
-        for field in ("rps", "cpu_us_per_msg", "p50_us", "p99_us", "per_conn_kib", "base_kib", "connected"):
+        for field in ("rps", "cpu_us_per_msg", "cpu_us_per_conn", "p50_us", "p99_us", "per_conn_kib", "base_kib", "connected"):
             s[field] = median([r.get(field) for r in ok])
         s["errors"] = sum(r.get("errors", 0) for r in ok)
         samples = [m for r in ok for m in r.get("error_samples", {}).values()]
@@ -407,6 +427,7 @@ def tables(summary, scen_list, server_list):
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     idle = []
+    churn = []
     for sc in scen_list:
         rows = [(srv, summary.get((sc.key, srv.name))) for srv in server_list]
         rows = [(srv, s) for srv, s in rows if s]
@@ -416,12 +437,32 @@ def tables(summary, scen_list, server_list):
         floor = summary.get((sc.key, sc.floor), {})
         for srv, s in rows:
             if "error" in s:
-                cells = [sc.title, names[srv.name], "failed: " + s["error"].replace("|", "/")[:80]] + [""] * 8
+                failed = "failed: " + s["error"].replace("|", "/")[:80]
+                if sc.kind == "churn":
+                    churn.append("| " + " | ".join([names[srv.name], failed] + [""] * 7) + " |")
+                    continue
+                cells = [sc.title, names[srv.name], failed] + [""] * 8
                 (idle if sc.kind == "idle" else lines).append("| " + " | ".join(cells) + " |")
                 continue
             errs = str(s["errors"]) if s["errors"] else "0"
             if s["failed"]:
                 errs += " (%d run%s failed)" % (s["failed"], "" if s["failed"] == 1 else "s")
+            if sc.kind == "churn":
+                churn.append(
+                    "| %s | %s | %s | %s | %s | %s | %s | %s | %s |"
+                    % (
+                        names[srv.name],
+                        fmt_rate(s["rps"]),
+                        ratio(s["rps"], tok.get("rps")),
+                        ratio(s["rps"], floor.get("rps")),
+                        fmt_us(s["cpu_us_per_conn"]),
+                        ratio(s["cpu_us_per_conn"], tok.get("cpu_us_per_conn")),
+                        ratio(s["cpu_us_per_conn"], floor.get("cpu_us_per_conn")),
+                        fmt_us(s["p99_us"]),
+                        errs,
+                    )
+                )
+                continue
             if sc.kind == "idle":
                 idle.append(
                     "| %s | %s | %s | %.1f MiB | %.1f KiB | %s | %s | %s |"
@@ -453,13 +494,20 @@ def tables(summary, scen_list, server_list):
                     errs,
                 )
             )
-    out = "\n".join(lines)
+    # Each table only when it has rows (the main one also when nothing at
+    # all does, so that an empty run still shows its header).
+    sections = ["\n".join(lines)] if len(lines) > 2 or not (idle or churn) else []
     if idle:
-        out += (
-            "\n\n| server (idle connections) | held | msgs/s | idle RSS | RSS per conn | vs tokio | vs C | errors |\n"
+        sections.append(
+            "| server (idle connections) | held | msgs/s | idle RSS | RSS per conn | vs tokio | vs C | errors |\n"
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n" + "\n".join(idle)
         )
-    return out
+    if churn:
+        sections.append(
+            "| server (connection churn, 50 clients) | conns/s | vs tokio | vs C | CPU/conn | vs tokio | vs C | p99 | errors |\n"
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n" + "\n".join(churn)
+        )
+    return "\n\n".join(sections)
 
 
 def machine():
@@ -503,6 +551,7 @@ def render(summary, scen_list, server_list, opts, started, elapsed, command):
             "- %d round%s of %g s per server and scenario, servers alternating within each round; medians"
             % (opts.rounds, "" if opts.rounds == 1 else "s", opts.seconds),
             "- msgs/s: verified echoes per second; CPU/msg: server user+system CPU time over the run ÷ replies;"
+            " CPU/conn (churn): the same ÷ connections opened;"
             " vs tokio / vs C: ratio to the tokio reference and to the C floor of the same scenario"
             " (msgs/s: higher is better; CPU/msg and RSS: lower is better)",
             "",
@@ -544,7 +593,7 @@ def main():
     ap = argparse.ArgumentParser(
         description="Benchmark sockserv's echo server against tokio, C, Go and Python echo servers.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="scenarios: pp1 pp100 pp1000 line32 idle udp\n"
+        epilog="scenarios: pp1 pp100 pp1000 line32 idle udp churn\n"
         "servers: sockserv-MODE (one per --sockserv-modes) tokio-echo framed-lines tokio-udp-echo epoll c-udp go python\n"
         "  ('sockserv' selects every sockserv mode)",
     )

@@ -49,7 +49,6 @@ pub mod addr;
 #[cfg(feature = "admin")]
 pub mod admin;
 mod async_conn;
-pub mod bench;
 pub mod client;
 mod config;
 mod conn;

@@ -7,15 +7,21 @@
 //! requests. Every wait has a deadline; servers listen on 127.0.0.1:0 (or a
 //! temporary Unix path) only.
 
+mod common;
+
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::IpAddr;
 use std::net::{TcpListener, UdpSocket};
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
+
+use common::{wait_until, DEADLINE};
 
 /// The longest any one bench run may take before the test fails.
 const RUN_DEADLINE: Duration = Duration::from_secs(30);
@@ -137,6 +143,35 @@ fn line_echo() -> (String, Arc<AtomicU64>) {
         }
     });
     (addr, lines)
+}
+
+/// A TCP server that reads every request and never answers one (`half`
+/// false), or answers each read with only its first half (`half` true), so
+/// that no reply is ever complete. Counts the connections it accepted.
+fn unanswering(half: bool) -> (String, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("tcp://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counter = accepted.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            counter.fetch_add(1, Ordering::SeqCst);
+            thread::spawn(move || {
+                let mut buf = [0u8; 16 * 1024];
+                loop {
+                    let n = match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if half && stream.write_all(&buf[..n / 2]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
 }
 
 /// A UDP echo server counting the datagrams it received.
@@ -405,4 +440,216 @@ fn a_server_that_hangs_up_is_an_io_error() {
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert_eq!(json_num(&run.stdout, "io"), 2.0, "{}", run.stdout);
     assert_eq!(json_num(&run.stdout, "requests"), 2.0, "{}", run.stdout);
+}
+
+/// Issue 11, defect 7: with the 30 s reply timeout longer than the run, a
+/// server that never answered used to pass with `requests 0, errors 0`.
+#[test]
+fn a_server_that_never_replies_fails_the_run() {
+    let (addr, accepted) = unanswering(false);
+    let run = bench(&["-c", "4", "-d", "1s", "--json", &addr]);
+    assert_eq!(run.code, 1, "stdout: {} stderr: {}", run.stdout, run.stderr);
+    assert_eq!(json_num(&run.stdout, "requests"), 0.0, "{}", run.stdout);
+    assert_eq!(json_num(&run.stdout, "outstanding"), 4.0, "{}", run.stdout);
+    // No error was counted (the timeout did not pass): the failure is that
+    // nothing was answered, and stderr says so on one line.
+    assert_eq!(json_num(&run.stdout, "total"), 0.0, "{}", run.stdout);
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no request was answered") && run.stderr.contains("4 outstanding"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        wait_until(DEADLINE, || accepted.load(Ordering::SeqCst) == 4),
+        "the server accepted {} connections",
+        accepted.load(Ordering::SeqCst)
+    );
+
+    // The text report says it too.
+    let run = bench(&["-c", "2", "-d", "300ms", &addr]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("outstanding 2 requests without a reply"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn a_server_that_echoes_half_fails_the_run() {
+    let (addr, _) = unanswering(true);
+    let run = bench(&["-c", "4", "-d", "1s", "--json", &addr]);
+    assert_eq!(run.code, 1, "stdout: {} stderr: {}", run.stdout, run.stderr);
+    assert_eq!(json_num(&run.stdout, "requests"), 0.0, "{}", run.stdout);
+    assert_eq!(json_num(&run.stdout, "outstanding"), 4.0, "{}", run.stdout);
+    assert!(
+        run.stderr.contains("no request was answered"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_reply_timeout_fails_the_run_with_its_reason() {
+    let (addr, _) = unanswering(false);
+    let run = bench(&["-c", "2", "-d", "5s", "--timeout", "300ms", "--json", &addr]);
+    assert_eq!(run.code, 1, "stdout: {} stderr: {}", run.stdout, run.stderr);
+    assert_eq!(json_num(&run.stdout, "timeout"), 2.0, "{}", run.stdout);
+    // A timed-out connection's request is an error, not outstanding.
+    assert_eq!(json_num(&run.stdout, "outstanding"), 0.0, "{}", run.stdout);
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("2 requests had no reply within 0.300 s"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_timed_run_collects_the_replies_in_flight_at_its_end() {
+    let (addr, _) = tcp_echo(false);
+    let run = bench(&["-c", "4", "--pipeline", "8", "-d", "300ms", "--json", &addr]);
+    assert_eq!(run.code, 0, "stdout: {} stderr: {}", run.stdout, run.stderr);
+    assert!(json_num(&run.stdout, "requests") > 0.0, "{}", run.stdout);
+    assert_eq!(json_num(&run.stdout, "outstanding"), 0.0, "{}", run.stdout);
+}
+
+/// What a churn test server saw.
+#[derive(Default)]
+struct Seen {
+    connections: AtomicU64,
+    lines: AtomicU64,
+    peers: Mutex<HashSet<IpAddr>>,
+}
+
+/// A TCP line server, thread per connection, counting connections, lines
+/// and client addresses. `upper_and_close` answers like the seed's
+/// socketserver handler: the first line stripped and upper-cased, without
+/// a line end, then it closes; otherwise it echoes lines until the client
+/// closes.
+fn churn_server(upper_and_close: bool) -> (String, Arc<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("tcp://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Seen::default());
+    let counter = seen.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            counter.connections.fetch_add(1, Ordering::SeqCst);
+            if let Ok(peer) = stream.peer_addr() {
+                counter.peers.lock().unwrap().insert(peer.ip());
+            }
+            let counter = counter.clone();
+            thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = BufReader::new(stream);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    match reader.read_until(b'\n', &mut line) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    counter.lines.fetch_add(1, Ordering::SeqCst);
+                    let reply = if upper_and_close {
+                        line.trim_ascii().to_ascii_uppercase()
+                    } else {
+                        line.clone()
+                    };
+                    if writer.write_all(&reply).is_err() || upper_and_close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Issue 10: the churn workload opens one connection per request, and the
+/// counts on both sides agree.
+#[test]
+fn churn_opens_a_connection_per_request_and_counts_match() {
+    let (addr, seen) = churn_server(false);
+    let run = bench(&["--churn", "-c", "4", "-d", "1s", "--json", &addr]);
+    assert_eq!(run.code, 0, "stdout: {} stderr: {}", run.stdout, run.stderr);
+    let json = run.stdout.trim();
+    assert!(json.contains("\"churn\": true"), "{json}");
+    assert_eq!(json_num(json, "total"), 0.0, "{json}");
+    assert_eq!(json_num(json, "outstanding"), 0.0, "{json}");
+    let sent = json_num(json, "sent") as u64;
+    let requests = json_num(json, "requests") as u64;
+    // Every connection started was opened and answered; those answered
+    // after the end of the second are not counted in the window.
+    assert_eq!(json_num(json, "connected") as u64, sent, "{json}");
+    assert!(
+        requests > 0 && requests <= sent && requests + 4 >= sent,
+        "{json}"
+    );
+    assert_eq!(
+        json_num(json, "conns_per_s"),
+        json_num(json, "rps"),
+        "{json}"
+    );
+    assert!(
+        wait_until(DEADLINE, || seen.lines.load(Ordering::SeqCst) == sent),
+        "the server saw {} connections and {} lines, the client started {sent}",
+        seen.connections.load(Ordering::SeqCst),
+        seen.lines.load(Ordering::SeqCst)
+    );
+    assert_eq!(seen.connections.load(Ordering::SeqCst), sent);
+    // Against 127.0.0.1 the client addresses are spread over 127.0.0.2-250.
+    if json_num(json, "sources") > 0.0 {
+        let peers = seen.peers.lock().unwrap().clone();
+        assert!(peers.len() > 1, "{peers:?}");
+        for ip in &peers {
+            let IpAddr::V4(v4) = ip else { panic!("{ip}") };
+            let [a, b, c, d] = v4.octets();
+            assert!((a, b, c) == (127, 0, 0) && (2..=250).contains(&d), "{ip}");
+        }
+    }
+
+    // A request-count run: exactly that many connections.
+    let (addr, seen) = churn_server(false);
+    let run = bench(&["--churn", "-c", "4", "-n", "200", "--json", &addr]);
+    assert_eq!(run.code, 0, "stdout: {} stderr: {}", run.stdout, run.stderr);
+    assert_eq!(json_num(&run.stdout, "requests"), 200.0, "{}", run.stdout);
+    assert!(
+        wait_until(DEADLINE, || seen.lines.load(Ordering::SeqCst) == 200),
+        "the server saw {} lines",
+        seen.lines.load(Ordering::SeqCst)
+    );
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 200);
+}
+
+#[test]
+fn churn_takes_the_seed_servers_upper_cased_reply() {
+    let (addr, seen) = churn_server(true);
+    let run = bench(&["--churn", "-c", "2", "-n", "50", &addr]);
+    assert_eq!(run.code, 0, "stdout: {} stderr: {}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("conns     50 in"), "{}", run.stdout);
+    assert!(run.stdout.contains("errors    none"), "{}", run.stdout);
+    assert!(wait_until(DEADLINE, || seen.lines.load(Ordering::SeqCst) == 50));
+}
+
+#[test]
+fn churn_refuses_what_does_not_apply() {
+    for args in [
+        &["--churn", "udp://127.0.0.1:9"][..],
+        &["--churn", "--framing", "crlf", "127.0.0.1:9"][..],
+        &["--churn", "--rate", "100", "127.0.0.1:9"][..],
+        &["--churn", "--pipeline", "4", "127.0.0.1:9"][..],
+    ] {
+        let run = bench(args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert_eq!(
+            run.stderr.trim().lines().count(),
+            1,
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
 }

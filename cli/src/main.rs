@@ -1,11 +1,14 @@
 //! The `sockserv` command: a thin client of the library.
 //!
-//! Argument definitions live here and in one file per subcommand; the work is
-//! done by the library, so nothing the CLI does is out of a library user's
-//! reach.
+//! Argument definitions live here and in one file per subcommand. `serve`
+//! and `send` are the library's `Server` and `Client`, so nothing they do is
+//! out of a library user's reach; `bench` drives the load generator in
+//! [`loadgen`], which lives in this crate because only the command needs it
+//! (and its histogram and progress-bar dependencies).
 
 mod bench;
 mod error;
+mod loadgen;
 mod send;
 mod serve;
 mod util;

@@ -63,8 +63,17 @@ pub use crate::common::wait_until;
 
 /// The `sockserv` binary to run: `SOCKSERV_BIN` if set (e.g. a release
 /// build for heavier local runs), else the one cargo built for the tests.
+/// A relative `SOCKSERV_BIN` is taken from the repository root, where the
+/// command is typed (`SOCKSERV_BIN=target/release/sockserv cargo test ...`),
+/// not from `cli/`, where cargo runs the tests.
 pub fn sockserv_bin() -> String {
-    std::env::var("SOCKSERV_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sockserv").to_string())
+    match std::env::var("SOCKSERV_BIN") {
+        Ok(bin) => crate::common::repo_dir()
+            .join(bin)
+            .to_string_lossy()
+            .into_owned(),
+        Err(_) => env!("CARGO_BIN_EXE_sockserv").to_string(),
+    }
 }
 
 /// `sockserv serve ARGS tcp://127.0.0.1:0` running as a child process;

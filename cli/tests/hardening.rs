@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use sockserv::frame::Framing;
 use sockserv::handler::message_fn;
-use sockserv::{Address, DrainPolicy, Failure, Limits, Server, ShutdownHandle, Strategy};
+use sockserv::{Address, DrainPolicy, Failure, Server, ShutdownHandle, Strategy};
 
 use support::{
     connect_nonblocking, cpu_seconds, drain_nonblocking, exclusive, fds, hide_panics_containing,

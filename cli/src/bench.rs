@@ -1,5 +1,5 @@
 //! `sockserv bench`: load-test an echo server (arguments and output only;
-//! the load generator is `sockserv::bench`).
+//! the load generator is `crate::loadgen`).
 
 use std::collections::VecDeque;
 use std::io::IsTerminal;
@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sockserv::addr::Endpoint;
-use sockserv::bench::{self as lib, BenchConfig, Control, Phase, Progress};
 use sockserv::frame::Framing;
 
 use crate::error::CliError;
+use crate::loadgen::{self, BenchConfig, Control, Phase, Progress};
 use crate::util::parse_duration;
 
 /// The examples both help texts end with (one copy).
@@ -25,6 +25,7 @@ macro_rules! examples {
   sockserv bench -c 100 --pipeline 32 --framing line tcp://127.0.0.1:9999
   sockserv bench -c 10 --rate 20000 -d 10 tcp://127.0.0.1:9999   # open loop
   sockserv bench -c 8 --size 512 udp://127.0.0.1:9999
+  sockserv bench --churn -c 50 -d 10 tcp://127.0.0.1:9999   # a new connection per request
   sockserv bench unix:///tmp/echo.sock"
     };
 }
@@ -44,14 +45,28 @@ to wait for a reply to free its slot (at most --pipeline in flight) has its
 latency measured from the time it was due, so a stalling server is charged
 for the requests it delayed (no coordinated omission).
 
+Connection churn (--churn): each of the -c clients loops connect, send one
+--size line, read the reply, close. The report counts connections per second
+and the latency from the start of connect to the reply. The payload has no
+lower-case letters, so an upper-casing server (the seed's, or serve's
+default handler) answers it like an echo; a reply may come without its line
+end when the server closes after it. Against 127.0.0.1 the connections are
+bound to client addresses 127.0.0.2 to 127.0.0.250 in turn, so that the
+client's ephemeral ports in TIME_WAIT do not cap the rate.
+
 Datagram endpoints (udp://, unix-dgram://) use one connected socket per
 \"connection\"; a datagram without a reply within --timeout counts as a
 timeout error.
 
-Exit status: 0 when the run completed with no error; 1 when there was any
-error (connect, I/O, wrong reply, timeout) or nothing could be connected;
-2 for a bad command line. The report is printed in every case where the run
-took place.
+At the end of a timed run the connections send no more and have up to 1 s
+(at most --timeout) to collect the replies they are owed; requests still
+unanswered then are reported as outstanding.
+
+Exit status: 0 when the run completed with no error and at least one reply;
+1 when there was any error (connect, I/O, wrong reply, timeout), when no
+request was answered, or when nothing could be connected (the reason on one
+line on stderr); 2 for a bad command line. The report is printed in every
+case where the run took place.
 
 ",
     examples!()
@@ -59,8 +74,9 @@ took place.
 
 const SHORT_HELP: &str = concat!(
     "\
-Exit status: 0 when the run had no error, 1 when it had any (the report is
-printed either way), 2 for a bad command line. More with --help.
+Exit status: 0 when the run had no error and answered requests, 1 when it
+had an error or no reply (the report is printed either way), 2 for a bad
+command line. More with --help.
 
 ",
     examples!()
@@ -97,9 +113,10 @@ pub struct BenchArgs {
     pub pipeline: usize,
 
     /// Request framing: raw, line, crlf, delim:STRING, len:N[:le], fixed:N.
-    /// The server must use the same framing.
-    #[arg(long, default_value = "raw", value_name = "FRAMING")]
-    pub framing: String,
+    /// The server must use the same framing. Default: raw; line with
+    /// --churn.
+    #[arg(long, value_name = "FRAMING")]
+    pub framing: Option<String>,
 
     /// Open loop: total requests per second over all connections.
     #[arg(long, value_name = "PER_SECOND")]
@@ -120,6 +137,11 @@ pub struct BenchArgs {
     #[arg(long, value_parser = parse_duration, value_name = "TIME")]
     pub timeout: Option<Duration>,
 
+    /// Connection churn: every request on a new connection (connect, send
+    /// one line, read the reply, close), -c clients at a time.
+    #[arg(long, conflicts_with_all = ["rate", "pipeline"])]
+    pub churn: bool,
+
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -130,11 +152,17 @@ pub struct BenchArgs {
     pub no_progress: bool,
 }
 
-/// Runs the benchmark, prints the report, and fails (exit 1) when the run
-/// had errors.
+/// Runs the benchmark, prints the report, and fails (exit 1, with the
+/// reason on one line) when the run had errors or answered nothing.
 pub fn run(args: BenchArgs) -> Result<(), CliError> {
     let endpoint: Endpoint = args.addr.parse().map_err(CliError::usage)?;
-    let framing: Framing = args.framing.parse().map_err(CliError::usage)?;
+    let default_framing = if args.churn { "line" } else { "raw" };
+    let framing: Framing = args
+        .framing
+        .as_deref()
+        .unwrap_or(default_framing)
+        .parse()
+        .map_err(CliError::usage)?;
     let mut config = BenchConfig::new(endpoint);
     config.connections = args.connections;
     config.duration = args.duration;
@@ -146,6 +174,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
     config.warmup = args.warmup;
     config.threads = args.threads;
     config.timeout = args.timeout;
+    config.churn = args.churn;
 
     // First Ctrl-C: stop and report what was measured. Second: exit now.
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -158,7 +187,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
 
     let show = !args.json && !args.no_progress && std::io::stderr().is_terminal();
     let mut bar = LiveBar::new(show, &config);
-    let result = lib::run_with_progress(&config, &mut |p| {
+    let result = loadgen::run(&config, &mut |p| {
         bar.update(p);
         if interrupted.load(Ordering::Relaxed) {
             Control::Stop
@@ -177,17 +206,10 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
     } else {
         println!("{report}");
     }
-    let errors = report.errors.total();
-    if errors > 0 {
-        return Err(CliError::runtime(format!(
-            "{errors} error{} during the run (see the report)",
-            if errors == 1 { "" } else { "s" }
-        )));
+    match report.failure() {
+        Some(reason) => Err(CliError::runtime(reason)),
+        None => Ok(()),
     }
-    if report.interrupted {
-        return Err(CliError::runtime("interrupted"));
-    }
-    Ok(())
 }
 
 /// The live progress bar on stderr: a bar for request-count and duration
@@ -201,6 +223,8 @@ struct LiveBar {
     connections: usize,
     warmup: Duration,
     total_secs: f64,
+    /// "req/s", or "conn/s" for churn (one request per connection).
+    unit: &'static str,
 }
 
 impl LiveBar {
@@ -227,6 +251,7 @@ impl LiveBar {
                 .effective_duration()
                 .unwrap_or_default()
                 .as_secs_f64(),
+            unit: if config.churn { "conn/s" } else { "req/s" },
         }
     }
 
@@ -259,10 +284,11 @@ impl LiveBar {
             }
             Phase::Warmup => {
                 bar.set_message(format!(
-                    "warming up {:.0}/{:.0} s  {:.0} req/s",
+                    "warming up {:.0}/{:.0} s  {:.0} {}",
                     p.elapsed.as_secs_f64(),
                     self.warmup.as_secs_f64(),
-                    rate
+                    rate,
+                    self.unit
                 ));
             }
             Phase::Measuring => {
@@ -277,7 +303,10 @@ impl LiveBar {
                 } else {
                     format!("{:.0}/{:.0} s  ", p.elapsed.as_secs_f64(), self.total_secs)
                 };
-                bar.set_message(format!("{clock}{rate:.0} req/s  {} errors", p.errors));
+                bar.set_message(format!(
+                    "{clock}{rate:.0} {}  {} errors",
+                    self.unit, p.errors
+                ));
             }
         }
         bar.tick();
