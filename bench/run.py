@@ -118,8 +118,18 @@ class Server:
         return self._argv(scenario)
 
 
-def servers(modes, sockserv_extra):
+def servers(modes, sockserv_extra, baseline=None):
     out = []
+    if baseline:
+        # An earlier sockserv build, side by side in the same run ("before").
+        def baseline_argv(sc):
+            scheme = "udp" if sc.kind == "udp" else "tcp"
+            argv = [baseline, "serve", "--handler", "echo", "--mode", "async", "--nodelay"]
+            if sc.kind == "line":
+                argv += ["--framing", "line"]
+            return argv + ["%s://%s:0" % (scheme, HOST)]
+
+        out.append(Server("sockserv-before", "sockserv before (--baseline)", {"tcp", "line", "idle", "udp", "churn"}, baseline_argv))
     for mode in modes:
 
         def sockserv_argv(sc, mode=mode):
@@ -605,6 +615,12 @@ def main():
         default="async,threads",
         help="sockserv serve --mode values, MODE or MODE:WORKERS (default async,threads)",
     )
+    ap.add_argument(
+        "--baseline",
+        metavar="BIN",
+        help="an earlier sockserv binary to run beside this one as server sockserv-before "
+        "(--mode async), for before/after figures from one run",
+    )
     ap.add_argument("--servers", help="comma-separated servers to run (default: all)")
     ap.add_argument("--scenarios", help="comma-separated scenarios to run (default: all)")
     ap.add_argument("--idle-connections", type=int, default=10000, help="connections held in the idle scenario (default 10000)")
@@ -633,7 +649,7 @@ def main():
     # sockserv serve leaves TCP_NODELAY off unless asked; every peer sets
     # it, so ask (when this build has the option).
     sockserv_extra = []
-    server_list = servers(modes, sockserv_extra)
+    server_list = servers(modes, sockserv_extra, opts.baseline)
     if opts.servers:
         keys = set(opts.servers.split(","))
         if "sockserv" in keys:

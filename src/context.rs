@@ -26,6 +26,8 @@ pub(crate) struct Context {
     pub(crate) drain: DrainPolicy,
     pub(crate) datagrams: DatagramPolicy,
     pub(crate) options: SocketOptions,
+    /// Every connection starts with a PROXY header of these versions.
+    pub(crate) proxy: Option<crate::proxy::Versions>,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -67,9 +69,13 @@ impl Context {
                 }
             }
         }
+        let mut layers: Vec<Box<dyn crate::pipeline::layer::Layer>> = Vec::new();
+        if let Some(v) = self.proxy {
+            layers.push(Box::new(crate::proxy::ProxyLayer::new(v, now)));
+        }
         Conn::new(
             session,
-            Vec::new(),
+            layers,
             self.settings(),
             now,
             self.shared.stop.is_stopping(),

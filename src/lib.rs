@@ -84,6 +84,7 @@ pub use handler::{
     StreamHandler,
 };
 pub use hooks::Failure;
+pub use proxy::Versions as ProxyVersions;
 pub use server::{Builder, Handled, IntoEndpoint, Server};
 pub use shutdown::ShutdownHandle;
 pub use socket::SocketOptions;

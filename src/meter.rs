@@ -31,6 +31,8 @@ pub(crate) struct ConnMeter {
     pub(crate) id: u64,
     pub(crate) listener: usize,
     pub(crate) peer: String,
+    /// The client a PROXY header named (the `peer` is then the proxy).
+    proxied: std::sync::OnceLock<String>,
     pub(crate) local: String,
     pub(crate) fd: RawFd,
     pub(crate) tcp: bool,
@@ -61,6 +63,7 @@ impl ConnMeter {
             id,
             listener,
             peer,
+            proxied: std::sync::OnceLock::new(),
             local,
             fd,
             tcp,
@@ -97,6 +100,18 @@ impl ConnMeter {
         if let Some(end) = conn.end() {
             self.end.store(end_code(end), r);
         }
+        if self.proxied.get().is_none() {
+            if let Some(p) = conn.proxied_peer() {
+                let _ = self.proxied.set(p.to_string());
+            }
+        }
+    }
+
+    fn shown_peer(&self) -> String {
+        match self.proxied.get() {
+            Some(p) => format!("{p} (via {})", self.peer),
+            None => self.peer.clone(),
+        }
     }
 
     /// Bytes moved by a stream handler's connection.
@@ -110,10 +125,6 @@ impl ConnMeter {
         if written > 0 {
             self.bytes_out.fetch_add(written, r);
         }
-    }
-
-    pub(crate) fn set_end(&self, end: End) {
-        self.end.store(end_code(end), Ordering::Relaxed);
     }
 
     pub(crate) fn info_counters(&self) -> Counters {
@@ -137,7 +148,7 @@ impl ConnMeter {
         let mut info = ConnectionInfo::default();
         info.id = self.id;
         info.listener = self.listener;
-        info.peer = self.peer.clone();
+        info.peer = self.shown_peer();
         info.local = self.local.clone();
         info.age = now.saturating_duration_since(self.started);
         info.idle = now.saturating_duration_since(last);
@@ -166,7 +177,7 @@ impl ConnMeter {
         let mut c = ClosedConnection::default();
         c.id = self.id;
         c.listener = self.listener;
-        c.peer = self.peer.clone();
+        c.peer = self.shown_peer();
         c.local = self.local.clone();
         c.lifetime = self.started.elapsed();
         c.bytes_in = self.bytes_in.load(r);

@@ -1627,3 +1627,82 @@ mod tests {
         }
     }
 }
+
+/// The PROXY header as a byte layer of the connection pipeline: it holds
+/// what arrives until the header is whole (at most [`MAX_HEADER_LEN`]
+/// bytes), hands the client's address to the pipeline, passes the bytes
+/// after the header up, and then drops out of the stack. A header that
+/// does not complete within [`HEADER_TIMEOUT`] is a slow peer.
+#[derive(Debug)]
+pub(crate) struct ProxyLayer {
+    accept: Versions,
+    held: Vec<u8>,
+    done: bool,
+    deadline: std::time::Instant,
+}
+
+/// How long a connection may take to send its PROXY header (the
+/// specification asks for at least 3 s).
+pub(crate) const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl ProxyLayer {
+    pub(crate) fn new(accept: Versions, now: std::time::Instant) -> ProxyLayer {
+        ProxyLayer {
+            accept,
+            held: Vec::new(),
+            done: false,
+            deadline: now + HEADER_TIMEOUT,
+        }
+    }
+}
+
+impl crate::pipeline::layer::Layer for ProxyLayer {
+    fn input(
+        &mut self,
+        wire: &[u8],
+        io: &mut crate::pipeline::layer::LayerIo<'_>,
+    ) -> Result<(), crate::pipeline::layer::LayerError> {
+        if self.done {
+            io.up.extend_from_slice(wire);
+            return Ok(());
+        }
+        // Parse in place when nothing is held (the whole header in one
+        // read, the common case); hold only an unfinished header.
+        let parsed = if self.held.is_empty() {
+            parse(wire, self.accept).map(|p| (p, wire))
+        } else {
+            self.held.extend_from_slice(wire);
+            parse(&self.held, self.accept).map(|p| (p, self.held.as_slice()))
+        };
+        match parsed {
+            Ok((Parsed::Incomplete, _)) => {
+                if self.held.is_empty() {
+                    self.held.extend_from_slice(wire);
+                }
+                Ok(())
+            }
+            Ok((Parsed::Done { consumed, header }, buf)) => {
+                io.up.extend_from_slice(&buf[consumed..]);
+                // LOCAL (a health check of the proxy's own) and UNKNOWN
+                // keep the real endpoints.
+                if header.command == Command::Proxy {
+                    if let Some(source) = header.source {
+                        *io.peer = Some(source);
+                    }
+                }
+                self.done = true;
+                self.held = Vec::new();
+                Ok(())
+            }
+            Err(e) => Err(crate::pipeline::layer::LayerError(e.to_string())),
+        }
+    }
+
+    fn is_transparent(&self) -> bool {
+        self.done
+    }
+
+    fn deadline(&self) -> Option<std::time::Instant> {
+        (!self.done).then_some(self.deadline)
+    }
+}

@@ -69,6 +69,7 @@ pub struct Builder {
     drain: DrainPolicy,
     datagrams: DatagramPolicy,
     blocking: bool,
+    proxy: Option<crate::proxy::Versions>,
     /// Time every handler call (for the handler-duration histogram).
     timing: bool,
     #[cfg(feature = "admin")]
@@ -91,6 +92,7 @@ impl Default for Builder {
             drain: DrainPolicy::default(),
             datagrams: DatagramPolicy::default(),
             blocking: false,
+            proxy: None,
             timing: false,
             #[cfg(feature = "admin")]
             admin: None,
@@ -207,6 +209,17 @@ impl Builder {
     /// Which datagrams are answered at all (loop and reflection guards).
     pub fn datagram_policy(mut self, policy: DatagramPolicy) -> Self {
         self.datagrams = policy;
+        self
+    }
+
+    /// Every connection starts with a PROXY protocol header of these
+    /// versions (the server sits behind HAProxy or a load balancer): the
+    /// client address in it becomes the connection's peer. A connection
+    /// without a valid header is closed without a reply (never guessed:
+    /// a client that reaches the server directly cannot pose as the
+    /// proxy); a header must arrive within 5 s. Message handlers.
+    pub fn proxy_protocol(mut self, versions: crate::ProxyVersions) -> Self {
+        self.proxy = Some(versions);
         self
     }
 
@@ -334,6 +347,7 @@ impl Builder {
             drain: self.drain,
             datagrams: self.datagrams,
             options: self.options,
+            proxy: self.proxy,
             shared: Arc::clone(&shared),
         });
         let poll =

@@ -136,16 +136,6 @@ impl Drop for PathGuard {
 }
 
 impl Listener {
-    /// The transport of this socket.
-    pub fn transport(&self) -> Transport {
-        match self {
-            Listener::Tcp(_) => Transport::Tcp,
-            Listener::Udp(_) => Transport::Udp,
-            Listener::Unix(..) => Transport::Unix,
-            Listener::UnixDgram(..) => Transport::UnixDgram,
-        }
-    }
-
     /// The endpoint actually bound: port 0 is replaced by the kernel's pick.
     pub fn local_endpoint(&self) -> io::Result<Endpoint> {
         Ok(match self {

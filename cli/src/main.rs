@@ -6,7 +6,9 @@
 //! [`loadgen`], which lives in this crate because only the command needs it
 //! (and its histogram and progress-bar dependencies).
 
+mod admin;
 mod bench;
+mod builtin;
 mod error;
 mod loadgen;
 mod send;

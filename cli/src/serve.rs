@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use clap::Args;
 use sockserv::frame::{Framing, OnOversize};
-use sockserv::handlers::Builtin;
 use sockserv::{
-    DrainPolicy, Endpoint, Limits, OverLimit, Server, SocketOptions, Strategy, Timeouts,
+    DrainPolicy, Endpoint, Limits, OverLimit, ProxyVersions, Server, SocketOptions, Strategy,
+    Timeouts,
 };
 
+use crate::builtin::Builtin;
 use crate::error::CliError;
 use crate::util::{init_logging, parse_duration};
 
@@ -20,10 +21,14 @@ use crate::util::{init_logging, parse_duration};
   sockserv serve --handler echo tcp://[::1]:7000 udp://127.0.0.1:7000 unix:///tmp/echo.sock
   sockserv serve --framing line --max-frame 65536 --mode pool --workers 32 0.0.0.0:9000
   sockserv serve --dual-stack tcp://[::]:9000      # IPv6 and IPv4 on one socket
+  sockserv serve --admin 127.0.0.1:9100            # metrics, health and a live status page
+  sockserv serve --proxy-protocol v2 --framing line 127.0.0.1:7000   # behind HAProxy (send-proxy-v2)
 
 At start it prints one line per listener on stdout, `listening ENDPOINT`, with
-the real bound address. SIGINT or SIGTERM stops it gracefully (every request
-already read gets its reply; exit code 0); a second signal stops at once.")]
+the real bound address, then `admin http://HOST:PORT` with --admin. SIGINT or
+SIGTERM stops it gracefully (every request already read gets its reply, the
+listen backlog is served; exit code 0); a second signal stops at once. SIGHUP
+is ignored (it does not kill the server).")]
 pub struct ServeArgs {
     /// Addresses to listen on: tcp://HOST:PORT, udp://HOST:PORT,
     /// unix:///PATH, unix-dgram:///PATH, or HOST:PORT for TCP.
@@ -35,15 +40,15 @@ pub struct ServeArgs {
     #[arg(long, default_value = "upper", value_parser = parse_builtin)]
     handler: Builtin,
 
-    /// Concurrency: async (event loops; the fastest, see
-    /// docs/BENCHMARKS.md), async-mt (one tokio work-stealing runtime),
-    /// threads (one per connection), pool (bounded worker pool), sequential
-    /// (one at a time).
-    #[arg(long, default_value = "async", value_parser = ["async", "async-mt", "threads", "pool", "sequential"])]
+    /// Concurrency: async (event loops serving many connections each; the
+    /// fastest, see docs/BENCHMARKS.md), pool (worker threads run the
+    /// handlers, for handlers that block; connections stay on event loops),
+    /// threads (one per connection), sequential (one at a time).
+    #[arg(long, default_value = "async", value_parser = ["async", "threads", "pool", "sequential"])]
     mode: String,
 
-    /// Worker threads for pool and async modes (default: pool 16 per core;
-    /// async one event loop per core but one, at least one).
+    /// Event loops (async) or worker threads (pool) (default: pool 16 per
+    /// core; async one event loop per core but one, at least one).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     workers: Option<u32>,
 
@@ -120,6 +125,25 @@ pub struct ServeArgs {
     /// Text sent to connections refused by a limit (a newline is added).
     #[arg(long, value_name = "TEXT")]
     limit_message: Option<String>,
+
+    /// Serve the admin endpoint on HOST:PORT: /metrics (Prometheus),
+    /// /healthz, /readyz (503 from the moment a drain starts), / (a live
+    /// status page of every connection), /api/stats, /api/connections.
+    /// Loopback addresses only, unless --admin-public.
+    #[arg(long, value_name = "HOST:PORT")]
+    admin: Option<String>,
+
+    /// Let --admin listen on a non-loopback address and answer any Host
+    /// header. The page shows clients' addresses: put it behind access
+    /// control.
+    #[arg(long, requires = "admin")]
+    admin_public: bool,
+
+    /// Every connection starts with a PROXY protocol header (HAProxy's
+    /// send-proxy / send-proxy-v2): v1, v2 or any. The client address in
+    /// it becomes the peer; a connection without one is closed.
+    #[arg(long, value_name = "VERSION", value_parser = ["v1", "v2", "any"])]
+    proxy_protocol: Option<String>,
 
     /// More log output on stderr (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -208,6 +232,11 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     let drain = DrainPolicy::new().grace(args.drain_timeout);
     let strategy = strategy(&args)?;
     warn_ignored(&args, strategy);
+    let proxy = args.proxy_protocol.as_deref().map(|v| match v {
+        "v1" => ProxyVersions::V1,
+        "v2" => ProxyVersions::V2,
+        _ => ProxyVersions::Both,
+    });
 
     // Install the signal handlers before anything is bound or printed: a
     // SIGTERM right after the `listening` line must drain, not kill.
@@ -216,6 +245,12 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         signal_hook::consts::SIGTERM,
     ])
     .map_err(|e| CliError::runtime(format!("cannot install signal handlers: {e}")))?;
+    // A terminal hang-up (or a reload request from a service manager) must
+    // never kill the server without a drain.
+    // SAFETY: SIG_IGN is a valid disposition for SIGHUP.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
 
     // One server for the stream addresses and one for the datagram ones:
     // each gets the handler that fits its transport, the limits count
@@ -239,7 +274,13 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             .socket_options(options.clone())
             .limits(limits.clone())
             .timeouts(timeouts)
-            .drain(drain);
+            .drain(drain)
+            .time_handlers(args.admin.is_some());
+        if let Some(v) = proxy {
+            if stream {
+                builder = builder.proxy_protocol(v);
+            }
+        }
         for (_, ep) in &picked {
             builder = builder.listen(*ep);
         }
@@ -257,10 +298,30 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     }
     order.sort_by_key(|(index, _)| *index);
     let handles: Vec<_> = servers.iter().map(Server::shutdown_handle).collect();
+    let admin = match &args.admin {
+        Some(addr) => {
+            let mut config = sockserv::admin::AdminConfig::new(addr.clone());
+            config.public = args.admin_public;
+            let source = crate::admin::Combined::new(handles.clone());
+            Some(
+                sockserv::admin::start(config, std::sync::Arc::new(source)).map_err(|e| {
+                    if e.is_usage() {
+                        CliError::usage(e)
+                    } else {
+                        CliError::runtime(e)
+                    }
+                })?,
+            )
+        }
+        None => None,
+    };
     {
         let mut out = std::io::stdout().lock();
         for (_, endpoint) in &order {
             let _ = writeln!(out, "listening {endpoint}");
+        }
+        if let Some(a) = &admin {
+            let _ = writeln!(out, "admin {}", a.url());
         }
         let _ = out.flush();
     }
@@ -296,6 +357,8 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             }
         }
     }
+    // The admin endpoint answers (503 on /readyz) until the drain is over.
+    drop(admin);
     match failure {
         Some(e) => Err(e),
         None => Ok(()),

@@ -412,9 +412,13 @@ impl Loop {
             match msg {
                 Msg::Quit => self.quit = true,
                 Msg::Done { slot, gen, work } => {
+                    let ctx = Arc::clone(&self.ctx);
+                    let Some(handler) = ctx.message_handler() else {
+                        continue;
+                    };
                     if let Some(Some(e)) = self.slots.get_mut(slot) {
                         if e.gen == gen {
-                            e.conn.offload_done(*work, self.now);
+                            e.conn.offload_done(*work, self.now, &ctx.ctx(handler));
                             self.drive(slot, gen);
                         }
                     }
@@ -547,7 +551,7 @@ impl Loop {
                 Next::Busy => return,
                 Next::Resume => match &self.workers {
                     Some(w) => {
-                        if let Some(work) = e.conn.offload(&[], now) {
+                        if let Some(work) = e.conn.offload(&[], now, &c) {
                             w.submit_frames(work, slot, gen, &self.mailbox);
                         }
                     }
@@ -582,7 +586,7 @@ impl Loop {
                             let data = &self.scratch[..n];
                             match &self.workers {
                                 Some(w) => {
-                                    if let Some(work) = e.conn.offload(data, now) {
+                                    if let Some(work) = e.conn.offload(data, now, &c) {
                                         w.submit_frames(work, slot, gen, &self.mailbox);
                                     }
                                 }

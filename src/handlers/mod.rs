@@ -6,13 +6,8 @@
 //! speaks first (RFC 867): on a stream it sends the time and closes; on a
 //! datagram socket it answers any datagram with the time.
 
-use std::fmt;
-use std::str::FromStr;
-
 use crate::conn::Connection;
-use crate::handler::{
-    DatagramHandler, Handler, HandlerResult, MessageHandler, Reply, StreamHandler,
-};
+use crate::handler::{DatagramHandler, HandlerResult, MessageHandler, Reply, StreamHandler};
 
 /// Replies with each message unchanged.
 #[derive(Debug, Clone, Copy, Default)]
@@ -94,62 +89,5 @@ impl DatagramHandler for Daytime {
     fn handle(&self, _datagram: &[u8], reply: &mut Reply<'_>) -> HandlerResult {
         reply.send(format!("{}\r\n", daytime_now()).as_bytes())?;
         Ok(())
-    }
-}
-
-/// The built-in handlers by name, as the CLI's `--handler` takes them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Builtin {
-    Echo,
-    Upper,
-    Discard,
-    Daytime,
-}
-
-impl Builtin {
-    /// Every built-in, for help texts.
-    pub const ALL: [Builtin; 4] = [
-        Builtin::Echo,
-        Builtin::Upper,
-        Builtin::Discard,
-        Builtin::Daytime,
-    ];
-
-    /// The handler for a socket of the given kind.
-    pub fn handler(self, stream: bool) -> Handler {
-        match self {
-            Builtin::Echo => Handler::message(Echo),
-            Builtin::Upper => Handler::message(Upper),
-            Builtin::Discard => Handler::message(Discard),
-            Builtin::Daytime if stream => Handler::stream(Daytime),
-            Builtin::Daytime => Handler::datagram(Daytime),
-        }
-    }
-}
-
-impl fmt::Display for Builtin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Builtin::Echo => "echo",
-            Builtin::Upper => "upper",
-            Builtin::Discard => "discard",
-            Builtin::Daytime => "daytime",
-        })
-    }
-}
-
-impl FromStr for Builtin {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "echo" => Ok(Builtin::Echo),
-            "upper" => Ok(Builtin::Upper),
-            "discard" => Ok(Builtin::Discard),
-            "daytime" => Ok(Builtin::Daytime),
-            _ => Err(format!(
-                "unknown handler \"{s}\": expected echo, upper, discard or daytime"
-            )),
-        }
     }
 }

@@ -18,7 +18,9 @@ use crate::addr::Address;
 pub(crate) struct LayerIo<'a> {
     /// Bytes for the stage above (the next layer, or the framing).
     pub(crate) up: &'a mut Vec<u8>,
-    /// Bytes the layer itself must send (a TLS handshake record).
+    /// Bytes the layer itself must send (a TLS handshake record). The
+    /// PROXY header never writes here; TLS will.
+    #[allow(dead_code)]
     pub(crate) wire: &'a mut Vec<u8>,
     /// The peer's real address, when the layer learns it (PROXY header).
     pub(crate) peer: &'a mut Option<Address>,
@@ -59,6 +61,3 @@ pub(crate) trait Layer: Send + fmt::Debug {
         None
     }
 }
-
-/// Makes the layers of one new connection (one factory per listener).
-pub(crate) type LayerFactory = std::sync::Arc<dyn Fn(Instant) -> Box<dyn Layer> + Send + Sync>;

@@ -133,6 +133,8 @@ pub(crate) struct Conn {
     bytes_out: u64,
     /// The session's counts as last seen (while it is away on a worker).
     last_counts: std::cell::Cell<Counts>,
+    /// A layer (the PROXY header) named the real peer.
+    proxied: bool,
 }
 
 impl Conn {
@@ -166,6 +168,7 @@ impl Conn {
             bytes_in: 0,
             bytes_out: 0,
             last_counts: std::cell::Cell::new(Counts::default()),
+            proxied: false,
         };
         if draining {
             conn.begin_drain(now);
@@ -324,6 +327,23 @@ impl Conn {
         now: Instant,
         ctx: &Ctx<'_>,
     ) -> Flow {
+        let Some(bytes) = self.up_through_layers(session, data, ctx) else {
+            return Flow::Close;
+        };
+        let mut plain = Vec::new();
+        let flow = session.feed(&bytes, ctx, &mut plain, self.settings.max_backlog);
+        self.send_down(&plain, ctx, session.peer(), now);
+        flow
+    }
+
+    /// Runs `data` up through the byte layers; `None` if one broke (the
+    /// connection is then done, without a reply).
+    fn up_through_layers(
+        &mut self,
+        session: &mut Session,
+        data: &[u8],
+        ctx: &Ctx<'_>,
+    ) -> Option<Vec<u8>> {
         let mut bytes = data.to_vec();
         let mut peer = None;
         for layer in &mut self.layers {
@@ -340,18 +360,16 @@ impl Conn {
                 );
                 self.end.get_or_insert(End::Error);
                 self.phase = Phase::Done;
-                return Flow::Close;
+                return None;
             }
             bytes = up;
         }
         if let Some(peer) = peer {
             session.set_peer(peer);
+            self.proxied = true;
         }
         self.layers.retain(|l| !l.is_transparent());
-        let mut plain = Vec::new();
-        let flow = session.feed(&bytes, ctx, &mut plain, self.settings.max_backlog);
-        self.send_down(&plain, ctx, session.peer(), now);
-        flow
+        Some(bytes)
     }
 
     /// Encodes replies through the layers (top to bottom) into the output.
@@ -421,11 +439,10 @@ impl Conn {
         self.after_feed(session, before, flow, now);
     }
 
-    /// Takes the session (and the input for it) to run the handler on a
-    /// worker thread; the connection is [`Next::Busy`] until
-    /// [`Conn::offload_done`]. Only for connections without byte layers.
-    pub(crate) fn offload(&mut self, data: &[u8], now: Instant) -> Option<Offload> {
-        debug_assert!(self.layers.is_empty());
+    /// Takes the session (and the input for it, through the byte layers)
+    /// to run the handler on a worker thread; the connection is
+    /// [`Next::Busy`] until [`Conn::offload_done`].
+    pub(crate) fn offload(&mut self, data: &[u8], now: Instant, ctx: &Ctx<'_>) -> Option<Offload> {
         self.bytes_in += data.len() as u64;
         match &mut self.phase {
             Phase::Lingering { budget, .. } => {
@@ -450,32 +467,48 @@ impl Conn {
         if !data.is_empty() {
             self.last_input = now;
         }
-        let session = self.session.take()?;
+        let mut session = self.session.take()?;
+        let input = if self.layers.is_empty() || data.is_empty() {
+            data.to_vec()
+        } else {
+            match self.up_through_layers(&mut session, data, ctx) {
+                Some(bytes) => bytes,
+                None => {
+                    self.session = Some(session);
+                    return None;
+                }
+            }
+        };
         let before = Progress::of(&session);
         Some(Offload {
             session,
-            input: data.to_vec(),
-            out: std::mem::take(&mut self.out),
-            sent: self.sent,
-            limit: self.settings.max_backlog,
+            input,
+            out: Vec::new(),
+            limit: self
+                .settings
+                .max_backlog
+                .saturating_sub(self.out.len() - self.sent),
             before,
             flow: Flow::Continue,
         })
     }
 
     /// The worker is done with the session.
-    pub(crate) fn offload_done(&mut self, work: Offload, now: Instant) {
+    pub(crate) fn offload_done(&mut self, work: Offload, now: Instant, ctx: &Ctx<'_>) {
         let Offload {
             session,
             out,
-            sent,
             before,
             flow,
             ..
         } = work;
-        self.out = out;
-        self.sent = sent;
-        self.out_grew(now);
+        if self.layers.is_empty() {
+            self.out.extend_from_slice(&out);
+            self.out_grew(now);
+        } else {
+            let peer = session.peer().clone();
+            self.send_down(&out, ctx, &peer, now);
+        }
         if self.phase == Phase::Done {
             self.session = Some(session);
             return;
@@ -698,8 +731,13 @@ impl Conn {
         }
     }
 
-    pub(crate) fn created(&self) -> Instant {
-        self.created
+    /// The peer as a layer (the PROXY header) named it, once it has.
+    pub(crate) fn proxied_peer(&self) -> Option<&Address> {
+        if self.proxied {
+            self.session.as_ref().map(Session::peer)
+        } else {
+            None
+        }
     }
 
     pub(crate) fn last_input(&self) -> Instant {
@@ -729,7 +767,6 @@ pub(crate) struct Offload {
     session: Session,
     input: Vec<u8>,
     out: Vec<u8>,
-    sent: usize,
     limit: usize,
     before: Progress,
     flow: Flow,

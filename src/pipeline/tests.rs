@@ -454,10 +454,10 @@ fn offload_round_trip_keeps_order() {
         now,
         false,
     );
-    let mut work = conn.offload(b"a\nb\nc", now).unwrap();
+    let mut work = conn.offload(b"a\nb\nc", now, &ctx).unwrap();
     assert_eq!(conn.next(), Next::Busy);
     work.run(&ctx);
-    conn.offload_done(work, now);
+    conn.offload_done(work, now, &ctx);
     assert_eq!(conn.next(), Next::Write);
     assert_eq!(conn.output(), b"a\nb\n");
 }

@@ -6,8 +6,6 @@
 //! Needs `promtool` (Debian package prometheus) and `chromium`;
 //! `scripts/deps` installs both.
 
-#![cfg(feature = "admin")]
-
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
