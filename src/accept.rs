@@ -270,13 +270,14 @@ fn refused(ctx: &Context, shared: &SharedListener, why: RefuseReason, peer: &Add
     if let Some(m) = meters.listener(shared.index) {
         m.refused(why);
     }
-    let mut c = ClosedConnection::default();
-    c.listener = shared.index;
-    c.peer = peer.to_string();
-    c.local = shared.name.to_string();
-    c.ended = End::Refused(why);
-    c.closed_at = std::time::SystemTime::now();
-    meters.remember(c);
+    meters.remember(ClosedConnection {
+        listener: shared.index,
+        peer: peer.to_string(),
+        local: shared.name.to_string(),
+        ended: End::Refused(why),
+        closed_at: std::time::SystemTime::now(),
+        ..ClosedConnection::default()
+    });
 }
 
 /// Sends the limit message (best effort) and closes.

@@ -145,26 +145,26 @@ impl ConnMeter {
     pub(crate) fn info(&self, now: Instant) -> ConnectionInfo {
         let r = Ordering::Relaxed;
         let last = self.started + Duration::from_micros(self.last_input_us.load(r));
-        let mut info = ConnectionInfo::default();
-        info.id = self.id;
-        info.listener = self.listener;
-        info.peer = self.shown_peer();
-        info.local = self.local.clone();
-        info.age = now.saturating_duration_since(self.started);
-        info.idle = now.saturating_duration_since(last);
-        info.bytes_in = self.bytes_in.load(r);
-        info.bytes_out = self.bytes_out.load(r);
-        info.frames_in = self.frames_in.load(r);
-        info.frames_out = self.frames_out.load(r);
-        info.state = STATES[usize::from(self.state.load(r)).min(STATES.len() - 1)];
-        // The descriptor is open: the meter leaves the registry before the
-        // socket closes (see `TrackGuard`).
-        info.tcp = if self.tcp {
-            crate::stats::tcp_info(self.fd).ok()
-        } else {
-            None
-        };
-        info
+        ConnectionInfo {
+            id: self.id,
+            listener: self.listener,
+            peer: self.shown_peer(),
+            local: self.local.clone(),
+            age: now.saturating_duration_since(self.started),
+            idle: now.saturating_duration_since(last),
+            bytes_in: self.bytes_in.load(r),
+            bytes_out: self.bytes_out.load(r),
+            frames_in: self.frames_in.load(r),
+            frames_out: self.frames_out.load(r),
+            state: STATES[usize::from(self.state.load(r)).min(STATES.len() - 1)],
+            // The descriptor is open: the meter leaves the registry before
+            // the socket closes (see `TrackGuard`).
+            tcp: if self.tcp {
+                crate::stats::tcp_info(self.fd).ok()
+            } else {
+                None
+            },
+        }
     }
 
     /// The last byte received, for "most recently active first".
@@ -174,19 +174,19 @@ impl ConnMeter {
 
     pub(crate) fn closed(&self) -> ClosedConnection {
         let r = Ordering::Relaxed;
-        let mut c = ClosedConnection::default();
-        c.id = self.id;
-        c.listener = self.listener;
-        c.peer = self.shown_peer();
-        c.local = self.local.clone();
-        c.lifetime = self.started.elapsed();
-        c.bytes_in = self.bytes_in.load(r);
-        c.bytes_out = self.bytes_out.load(r);
-        c.frames_in = self.frames_in.load(r);
-        c.frames_out = self.frames_out.load(r);
-        c.ended = end_of(self.end.load(r));
-        c.closed_at = SystemTime::now();
-        c
+        ClosedConnection {
+            id: self.id,
+            listener: self.listener,
+            peer: self.shown_peer(),
+            local: self.local.clone(),
+            lifetime: self.started.elapsed(),
+            bytes_in: self.bytes_in.load(r),
+            bytes_out: self.bytes_out.load(r),
+            frames_in: self.frames_in.load(r),
+            frames_out: self.frames_out.load(r),
+            ended: end_of(self.end.load(r)),
+            closed_at: SystemTime::now(),
+        }
     }
 }
 

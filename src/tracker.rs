@@ -98,11 +98,13 @@ impl Tracker {
     /// What the server can tell about itself now.
     pub(crate) fn snapshot(&self, level: StopLevel, connections: usize, closed: usize) -> Snapshot {
         let now = Instant::now();
-        let mut snap = Snapshot::default();
-        snap.state = match level {
-            StopLevel::Running => ServeState::Running,
-            StopLevel::Draining => ServeState::Draining,
-            StopLevel::Forced => ServeState::Forced,
+        let mut snap = Snapshot {
+            state: match level {
+                StopLevel::Running => ServeState::Running,
+                StopLevel::Draining => ServeState::Draining,
+                StopLevel::Forced => ServeState::Forced,
+            },
+            ..Snapshot::default()
         };
         let Some(meters) = self.meters.get() else {
             return snap;
@@ -127,11 +129,11 @@ impl Tracker {
             }
         }
         for (i, l) in meters.listeners.iter().enumerate() {
-            let mut ls = crate::stats::ListenerStats::default();
-            ls.endpoint = l.endpoint.clone();
-            ls.transport = l.transport;
-            ls.counters = l.counters(&sums[i], open[i]);
-            snap.listeners.push(ls);
+            snap.listeners.push(crate::stats::ListenerStats {
+                endpoint: l.endpoint.clone(),
+                transport: l.transport,
+                counters: l.counters(&sums[i], open[i]),
+            });
         }
         if connections > 0 {
             let mut live = live;

@@ -43,7 +43,7 @@ impl Source for Combined {
         }
         all.connections.sort_by_key(|c| c.idle);
         all.connections.truncate(detail.connections);
-        all.closed.sort_by(|a, b| b.closed_at.cmp(&a.closed_at));
+        all.closed.sort_by_key(|c| std::cmp::Reverse(c.closed_at));
         all.closed.truncate(detail.closed);
         all
     }

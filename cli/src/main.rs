@@ -36,7 +36,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a server with a built-in handler on one or more addresses.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Send data to a server and print the reply (the seed's client).
     Send(send::SendArgs),
     /// Load-test an echo server: throughput, latency percentiles, errors.
@@ -82,7 +82,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Send(args) => send::run(args),
         Command::Bench(args) => bench::run(args),
     };
