@@ -536,6 +536,10 @@ impl Loop {
         };
         let c = ctx.ctx(handler);
         let mut reads = 0;
+        // A short read drained the socket: after writing the replies, wait
+        // for the next readiness event instead of reading into EAGAIN (one
+        // system call per message saved; the next data is a new event).
+        let mut drained = false;
         loop {
             let Some(Some(e)) = self.slots.get_mut(slot) else {
                 return;
@@ -571,6 +575,10 @@ impl Loop {
                     Err(err) => e.conn.failed(err, &c),
                 },
                 Next::Read => {
+                    if drained {
+                        self.wait(slot);
+                        return;
+                    }
                     if reads >= READS_PER_TURN {
                         // Let the loop's other connections have a turn.
                         if !e.again {
@@ -592,11 +600,8 @@ impl Loop {
                                 }
                                 None => e.conn.received(data, now, &c),
                             }
-                            if n < self.scratch.len() && e.conn.next() == Next::Read {
-                                // A short read: the socket is drained for
-                                // now, and its next data is a new event.
-                                self.wait(slot);
-                                return;
+                            if n < self.scratch.len() {
+                                drained = true;
                             }
                         }
                         Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
