@@ -38,7 +38,9 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = os.path.join(ROOT, "bench", "peers")
@@ -134,9 +136,13 @@ def servers(modes, sockserv_extra, baseline=None):
 
         def sockserv_argv(sc, mode=mode):
             scheme = "udp" if sc.kind == "udp" else "tcp"
-            # "async:1" means --mode async --workers 1.
-            name, _, workers = mode.partition(":")
+            # "async:1" means --mode async --workers 1; "async+admin" also
+            # serves the admin endpoint (and the harness scrapes it).
+            spec, admin, _ = mode.partition("+admin")
+            name, _, workers = spec.partition(":")
             argv = [SOCKSERV, "serve", "--handler", "echo", "--mode", name] + sockserv_extra
+            if admin:
+                argv += ["--admin", HOST + ":0"]
             if workers:
                 argv += ["--workers", workers]
             if sc.kind == "line":
@@ -245,21 +251,40 @@ class Running:
     def __init__(self, argv, log_file):
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file)
         self.port = None
+        self.scraping = None
+        self._buf = b""
         try:
-            line = self._first_line(deadline=time.monotonic() + 20)
+            deadline = time.monotonic() + 20
+            line = self._line(deadline)
             m = LISTENING.search(line)
             if not m:
                 raise RuntimeError("no 'listening ADDR' line from %s (got %r)" % (argv[0], line))
             self.port = int(m.group(2))
+            if "--admin" in argv:
+                # The admin endpoint's cost is measured with a scraper
+                # polling it, as a Prometheus server would (every second).
+                while True:
+                    line = self._line(deadline)
+                    if line.startswith("admin "):
+                        break
+                self.scraping = threading.Event()
+                threading.Thread(target=self._scrape, args=(line.split()[1], self.scraping), daemon=True).start()
         except BaseException:
             # Not yet handed to the caller, so its finally cannot stop it.
             self.stop()
             raise
 
-    def _first_line(self, deadline):
+    def _scrape(self, url, stop):
+        while not stop.wait(1.0):
+            for path in ("/metrics", "/api/connections?limit=500"):
+                try:
+                    urllib.request.urlopen(url + path, timeout=2).read()
+                except OSError:
+                    pass
+
+    def _line(self, deadline):
         fd = self.proc.stdout.fileno()
-        buf = b""
-        while b"\n" not in buf:
+        while b"\n" not in self._buf:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise RuntimeError("server did not start within 20 s")
@@ -268,8 +293,9 @@ class Running:
                 chunk = os.read(fd, 4096)
                 if not chunk:
                     raise RuntimeError("server exited before listening (exit %s)" % self.proc.wait())
-                buf += chunk
-        return buf.decode(errors="replace").splitlines()[0]
+                self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode(errors="replace")
 
     def cpu_seconds(self):
         with open("/proc/%d/stat" % self.proc.pid) as f:
@@ -284,6 +310,8 @@ class Running:
         return 0
 
     def stop(self):
+        if self.scraping is not None:
+            self.scraping.set()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
