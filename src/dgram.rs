@@ -11,7 +11,9 @@
 //! forever. Before any handler runs, a datagram is dropped (and counted)
 //! when it comes from the server's own address, from a well-known service
 //! port below [`DatagramPolicy::min_source_port`] (echo 7, daytime 13,
-//! chargen 19, ... — as inetd's internal services refuse them), or from a
+//! chargen 19, ... — as inetd's internal services refuse them), when it
+//! is our own last reply to that source coming back (two services
+//! answering each other: the loop is broken at its second turn), or from a
 //! source over its reply budget (a token bucket per source).
 
 use std::collections::HashMap;
@@ -47,24 +49,30 @@ pub const MAX_UNIX_DATAGRAM: usize = 256 * 1024;
 pub struct DatagramPolicy {
     /// Replies per second to one source (a token bucket with a burst of
     /// the same size); datagrams over it are dropped before the handler.
-    /// `None`: no limit. Default 10,000.
+    /// `None`: no limit. Default 100,000 (a client in a closed loop on
+    /// loopback makes about 40,000; loops between services are broken
+    /// first by the reflection check, see the module docs).
     pub replies_per_source: Option<u32>,
     /// Datagrams from UDP source ports below this are dropped (well-known
     /// services that would answer back). 0 turns it off. Default 1024.
     pub min_source_port: u16,
+    /// Drop a run of datagrams that are our own last reply coming straight
+    /// back (two services answering each other). Default on.
+    pub loop_guard: bool,
 }
 
 impl Default for DatagramPolicy {
     fn default() -> Self {
         DatagramPolicy {
-            replies_per_source: Some(10_000),
+            replies_per_source: Some(100_000),
             min_source_port: 1024,
+            loop_guard: true,
         }
     }
 }
 
 impl DatagramPolicy {
-    /// The defaults: 10,000 replies/s per source, no source port below 1024.
+    /// The defaults: 100,000 replies/s per source, no source port below 1024.
     pub fn new() -> DatagramPolicy {
         DatagramPolicy::default()
     }
@@ -72,6 +80,12 @@ impl DatagramPolicy {
     /// Sets [`replies_per_source`](Self::replies_per_source).
     pub fn replies_per_source(mut self, per_second: Option<u32>) -> Self {
         self.replies_per_source = per_second;
+        self
+    }
+
+    /// Sets [`loop_guard`](Self::loop_guard).
+    pub fn loop_guard(mut self, on: bool) -> Self {
+        self.loop_guard = on;
         self
     }
 
@@ -281,6 +295,8 @@ pub(crate) enum Dropped {
     ServicePort,
     /// The source is over its reply budget.
     Rate,
+    /// Our own last reply to that source, coming back.
+    Reflected,
     /// Larger than the largest datagram accepted.
     Truncated,
 }
@@ -292,40 +308,104 @@ pub(crate) struct DropCounts {
     pub(crate) ourselves: u64,
     pub(crate) service_port: u64,
     pub(crate) rate: u64,
+    pub(crate) reflected: u64,
     pub(crate) truncated: u64,
 }
 
-/// A token bucket per source address, bounded in memory.
+/// What the server remembers of each source: its token bucket and a
+/// fingerprint of the last reply it was sent. A datagram equal to that
+/// reply, arriving within [`REFLECTION_GAP`] of it, is our own answer
+/// coming straight back; a run of [`REFLECTION_RUN`] of them is two
+/// services answering each other, and the rest of the run is dropped —
+/// which ends the loop within a millisecond, whatever the rate. (A client
+/// that sends its last reply back at once, 64 times running, looks the
+/// same: `DatagramPolicy::loop_guard` turns the check off.)
 #[derive(Debug)]
-struct Buckets {
-    rate: f64,
-    map: HashMap<Address, (f64, Instant)>,
+struct Sources {
+    rate: Option<f64>,
+    guard: bool,
+    map: HashMap<Address, Source>,
 }
 
-/// Sources tracked at most; past it, idle buckets are forgotten.
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    tokens: f64,
+    at: Instant,
+    last_reply: u64,
+    replied_at: Instant,
+    run: u32,
+}
+
+/// How soon after our reply an identical datagram counts as a reflection.
+const REFLECTION_GAP: Duration = Duration::from_millis(10);
+/// Reflections in a row that make a loop.
+const REFLECTION_RUN: u32 = 64;
+
+/// Sources remembered at most; past it, idle ones are forgotten.
 const MAX_SOURCES: usize = 65_536;
 
-impl Buckets {
-    fn allow(&mut self, peer: &Address, now: Instant) -> bool {
+/// A cheap fingerprint of a datagram: its length and first 256 bytes
+/// (FNV-1a). A reflected datagram repeats them exactly.
+fn fingerprint(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ data.len() as u64;
+    for &b in &data[..data.len().min(256)] {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h | 1
+}
+
+impl Sources {
+    fn check(&mut self, peer: &Address, data: &[u8], now: Instant) -> Result<(), Dropped> {
         if self.map.len() >= MAX_SOURCES && !self.map.contains_key(peer) {
-            let rate = self.rate;
-            // A full bucket after a second idle: forgetting it is exact.
-            self.map.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * rate < rate
-            });
+            // Forget the sources idle for a second (their bucket is full
+            // again; only a reply fingerprint is lost).
+            self.map
+                .retain(|_, s| now.duration_since(s.at) < Duration::from_secs(1));
             if self.map.len() >= MAX_SOURCES {
                 self.map.clear();
             }
         }
         let rate = self.rate;
-        let (tokens, at) = self.map.entry(peer.clone()).or_insert((rate, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
+        let s = self.map.entry(peer.clone()).or_insert(Source {
+            tokens: rate.unwrap_or(0.0),
+            at: now,
+            last_reply: 0,
+            replied_at: now,
+            run: 0,
+        });
+        if self.guard
+            && s.last_reply != 0
+            && now.duration_since(s.replied_at) < REFLECTION_GAP
+            && s.last_reply == fingerprint(data)
+        {
+            s.run += 1;
+            if s.run > REFLECTION_RUN {
+                return Err(Dropped::Reflected);
+            }
         } else {
-            false
+            s.run = 0;
+        }
+        if let Some(rate) = rate {
+            s.tokens = (s.tokens + now.duration_since(s.at).as_secs_f64() * rate).min(rate);
+            s.at = now;
+            if s.tokens < 1.0 {
+                return Err(Dropped::Rate);
+            }
+            s.tokens -= 1.0;
+        } else {
+            s.at = now;
+        }
+        Ok(())
+    }
+
+    /// The last reply sent to `peer`.
+    fn replied(&mut self, peer: &Address, reply: &[u8], now: Instant) {
+        if self.guard {
+            if let Some(s) = self.map.get_mut(peer) {
+                s.last_reply = fingerprint(reply);
+                s.replied_at = now;
+            }
         }
     }
 }
@@ -353,7 +433,7 @@ pub(crate) struct DgramServer {
     out: Vec<u8>,
     ends: Vec<usize>,
     own: Own,
-    buckets: Option<Buckets>,
+    sources: Sources,
     policy: DatagramPolicy,
     pub(crate) dropped: DropCounts,
     burst: Burst,
@@ -416,10 +496,11 @@ impl DgramServer {
             out: Vec::new(),
             ends: Vec::new(),
             own,
-            buckets: policy.replies_per_source.map(|r| Buckets {
-                rate: f64::from(r.max(1)),
+            sources: Sources {
+                rate: policy.replies_per_source.map(|r| f64::from(r.max(1))),
+                guard: policy.loop_guard,
                 map: HashMap::new(),
-            }),
+            },
             policy,
             dropped: DropCounts::default(),
             burst: Burst::default(),
@@ -433,6 +514,14 @@ impl DgramServer {
         self
     }
 
+    /// Remembers the last reply sent to `peer` (see `Sources`).
+    fn note_reply(&mut self, peer: &Address, now: Instant) {
+        if let Some(&end) = self.ends.last() {
+            let start = self.ends.len().checked_sub(2).map_or(0, |k| self.ends[k]);
+            self.sources.replied(peer, &self.out[start..end], now);
+        }
+    }
+
     fn count_served(&self, len: usize, ends: &[usize]) {
         if let Some(m) = &self.meter {
             m.datagram(len, ends.len(), ends.last().copied().unwrap_or(0));
@@ -440,7 +529,13 @@ impl DgramServer {
     }
 
     /// The checks before any handler runs.
-    fn admit(&mut self, peer: &Address, ctx: &Context, now: Instant) -> Result<(), Dropped> {
+    fn admit(
+        &mut self,
+        peer: &Address,
+        data: &[u8],
+        ctx: &Context,
+        now: Instant,
+    ) -> Result<(), Dropped> {
         if !ctx.hooks.verify(peer) {
             return Err(Dropped::Refused);
         }
@@ -467,12 +562,7 @@ impl DgramServer {
             }
             _ => {}
         }
-        if let Some(b) = self.buckets.as_mut() {
-            if !b.allow(peer, now) {
-                return Err(Dropped::Rate);
-            }
-        }
-        Ok(())
+        self.sources.check(peer, data, now)
     }
 
     fn count(&mut self, why: Dropped, peer: &Address) {
@@ -482,6 +572,7 @@ impl DgramServer {
             Dropped::Ourselves => c.ourselves += 1,
             Dropped::ServicePort => c.service_port += 1,
             Dropped::Rate => c.rate += 1,
+            Dropped::Reflected => c.reflected += 1,
             Dropped::Truncated => c.truncated += 1,
         }
         if why == Dropped::Refused {
@@ -491,6 +582,9 @@ impl DgramServer {
             Dropped::Ourselves => "it comes from the server's own address",
             Dropped::ServicePort => "it comes from a well-known service port",
             Dropped::Rate => "its source is over its reply budget",
+            Dropped::Reflected => {
+                "it is our own last reply coming back (two services answering each other)"
+            }
             _ => "it is larger than the largest datagram accepted",
         };
         self.burst.hit(|more| {
@@ -510,7 +604,7 @@ impl DgramServer {
             self.count(Dropped::Truncated, &peer);
             return Ok(None);
         };
-        if let Err(why) = self.admit(&peer, ctx, Instant::now()) {
+        if let Err(why) = self.admit(&peer, &self.buf[..n].to_vec(), ctx, Instant::now()) {
             self.count(why, &peer);
             return Ok(None);
         }
@@ -549,14 +643,19 @@ impl DgramServer {
                 self.count(Dropped::Truncated, &peer);
                 continue;
             };
-            if let Err(why) = self.admit(&peer, ctx, now) {
+            let data = std::mem::take(&mut self.buf);
+            let verdict = self.admit(&peer, &data[..n], ctx, now);
+            if let Err(why) = verdict {
+                self.buf = data;
                 self.count(why, &peer);
                 continue;
             }
-            let (data, out, ends) = (&self.buf[..n], &mut self.out, &mut self.ends);
-            if call_handler(&ctx.handler, &ctx.hooks, data, &peer, out, ends) {
+            let (out, ends) = (&mut self.out, &mut self.ends);
+            if call_handler(&ctx.handler, &ctx.hooks, &data[..n], &peer, out, ends) {
                 send_replies(&self.socket, &peer, out, ends, &ctx.hooks, false);
+                self.note_reply(&peer, now);
             }
+            self.buf = data;
             self.count_served(n, &self.ends);
         }
         false
@@ -581,36 +680,30 @@ impl DgramServer {
                 }
             };
             taken += n.max(1);
+            // The batch is taken out of `self` while its datagrams are
+            // served, so the handler sees each one in place.
+            let Some(mut batch) = self.batch.take() else {
+                return true;
+            };
             for i in 0..n {
-                let Some((from, len)) = self
-                    .batch
-                    .as_ref()
-                    .and_then(|b| b.datagram(i).map(|(d, a)| (a, d.len())))
-                else {
+                let Some((data, from)) = batch.datagram(i) else {
                     continue;
                 };
                 let peer = Address::Inet(from);
-                if let Err(why) = self.admit(&peer, ctx, now) {
+                if let Err(why) = self.admit(&peer, data, ctx, now) {
                     self.count(why, &peer);
                     continue;
                 }
-                let Some(batch) = self.batch.as_mut() else {
-                    return true;
-                };
-                let Some((data, _)) = batch.datagram(i) else {
-                    continue;
-                };
-                debug_assert_eq!(data.len(), len);
                 let (out, ends) = (&mut self.out, &mut self.ends);
-                // The handler sees the datagram in place; replies are
-                // queued and sent in batches after it.
-                let data = data.to_vec();
-                if call_handler(&ctx.handler, &ctx.hooks, &data, &peer, out, ends)
-                    && !ends.is_empty()
-                {
+                let served = call_handler(&ctx.handler, &ctx.hooks, data, &peer, out, ends);
+                let len = data.len();
+                if served && !ends.is_empty() {
                     batch.queue(out, ends, from);
+                    self.note_reply(&peer, now);
                 }
+                self.count_served(len, &self.ends);
             }
+            self.batch = Some(batch);
             if let Some(batch) = self.batch.as_mut() {
                 if let Err(e) = batch.flush(fd) {
                     tracing::debug!("datagram send error: {e}");
