@@ -604,7 +604,10 @@ impl DgramServer {
             self.count(Dropped::Truncated, &peer);
             return Ok(None);
         };
-        if let Err(why) = self.admit(&peer, &self.buf[..n].to_vec(), ctx, Instant::now()) {
+        let buf = std::mem::take(&mut self.buf);
+        let verdict = self.admit(&peer, &buf[..n], ctx, Instant::now());
+        self.buf = buf;
+        if let Err(why) = verdict {
             self.count(why, &peer);
             return Ok(None);
         }
