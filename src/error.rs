@@ -45,7 +45,7 @@ impl Error {
 
 /// Describes an I/O error the way a person reads it: the kernel's wording
 /// without the "(os error N)" suffix, lower-case.
-pub fn describe(e: &io::Error) -> String {
+pub(crate) fn describe(e: &io::Error) -> String {
     let text = match e.kind() {
         io::ErrorKind::AddrInUse => "address already in use".to_string(),
         io::ErrorKind::ConnectionRefused => "connection refused (is a server listening?)".into(),
