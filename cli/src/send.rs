@@ -103,7 +103,7 @@ pub fn run(args: SendArgs) -> Result<(), CliError> {
                 args.addr, args.timeout
             ))
         } else {
-            CliError::runtime(format!("{}: {}", args.addr, sockserv::error::describe(&e)))
+            CliError::runtime(format!("{}: {}", args.addr, sockserv::Error::from(e)))
         }
     };
 
