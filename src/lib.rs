@@ -30,7 +30,8 @@
 //! | Python `socketserver` | sockserv |
 //! | --- | --- |
 //! | `TCPServer`, `UDPServer`, `UnixStreamServer`, `UnixDatagramServer` | one [`Server`]; the transport comes from the address (`tcp://`, `udp://`, `unix://`, `unix-dgram://`) |
-//! | plain server, `ThreadingMixIn`, `ForkingMixIn` | a [`Strategy`] value: `Sequential`, `Threads`, `Pool`, `Async`, `AsyncMultiThread`, or the default `Auto` |
+//! | plain server, `ThreadingMixIn` | a [`Strategy`] value: `Sequential`, `Threads`, `Pool` (workers run the handlers), `EventLoops`, or the default [`Strategy::auto`] |
+//! | `ForkingMixIn` | not yet (a process per connection is planned); [`Strategy::Pool`] isolates blocking handlers |
 //! | `ThreadingTCPServer` and the other combinations | not types: any transport × any strategy |
 //! | `BaseRequestHandler.setup/handle/finish` | [`StreamHandler`] |
 //! | `StreamRequestHandler.rfile/wfile` | [`Connection::reader`] / [`Connection::writer`] |
@@ -42,7 +43,12 @@
 //! | `verify_request()`, `handle_error()` | [`Builder::verify_request`], [`Builder::handle_error`] |
 //! | `allow_reuse_address`, `allow_reuse_port`, `request_queue_size` | [`SocketOptions`] (reuse-address on for TCP, never for UDP, as Python's `UDPServer`; backlog 1024) |
 //! | `server_address` | [`Server::local_endpoint`] (port 0 resolved) |
-//! | `block_on_close`, `daemon_threads` | the drain policy: [`Limits::drain_timeout`] |
+//! | `block_on_close`, `daemon_threads` | the drain policy: [`DrainPolicy`] |
+//!
+//! What a running server can tell about itself — counters per listener,
+//! every open connection, the recently closed ones — is [`Server::snapshot`]
+//! (see [`stats`]); with the `admin` feature, [`Builder::admin`] serves it
+//! as Prometheus metrics, health checks and a live status page.
 
 mod accept;
 pub mod addr;
