@@ -479,8 +479,12 @@ impl DgramServer {
         };
         let unix = matches!(&*socket, DgramSocket::Unix(_));
         if let DgramSocket::Unix(u) = &*socket {
-            // Room for the largest datagram we accept; the kernel clamps it.
-            let _ = socket2::SockRef::from(u).set_recv_buffer_size(MAX_UNIX_DATAGRAM * 2);
+            // Room for the largest datagram we accept, both ways (a reply as
+            // large as the request must fit the send buffer, or it fails
+            // with EMSGSIZE); the kernel clamps it to its maximum.
+            let sock = socket2::SockRef::from(u);
+            let _ = sock.set_recv_buffer_size(MAX_UNIX_DATAGRAM * 2);
+            let _ = sock.set_send_buffer_size(MAX_UNIX_DATAGRAM * 2);
         }
         DgramServer {
             buf: vec![

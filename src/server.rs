@@ -840,7 +840,10 @@ impl Server {
             return;
         };
         let l = Arc::clone(l);
-        for _ in 0..100_000 {
+        // At most a backlog's worth: what the kernel can have queued at the
+        // stop (clients that keep reconnecting must not keep it going).
+        let most = self.ctx.options.backlog.max(1) as usize;
+        for _ in 0..most {
             match acceptor.accept(&l, &self.ctx) {
                 Accepted::Conn(a) => self.engine.dispatch(Work::Conn(a), &self.ctx),
                 Accepted::Refused => {}

@@ -730,9 +730,12 @@ impl Loop {
         }
     }
 
-    /// Accepts everything waiting on listener `k` (bounded by the limits).
+    /// Accepts what is waiting on listener `k` at the stop: at most a
+    /// backlog's worth (what the kernel can have queued), so clients that
+    /// keep reconnecting cannot keep the drain accepting.
     fn sweep(&mut self, k: usize) {
-        for _ in 0..100_000 {
+        let most = self.ctx.options.backlog.max(1) as usize;
+        for _ in 0..most {
             let Some((l, acceptor)) = self.listeners[k].as_mut() else {
                 return;
             };
