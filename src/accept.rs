@@ -26,6 +26,48 @@ pub(crate) enum StreamListener {
 }
 
 impl StreamListener {
+    /// At the drain, before the last accepts: the listener stops starting
+    /// handshakes (a socket filter drops new SYNs, so those clients retry
+    /// and then find the port closed), while the handshakes already under
+    /// way complete into the backlog, which the drain then empties. Without
+    /// it, clients that reconnect at once keep refilling the backlog and
+    /// the close resets whoever is queued at that moment. TCP only.
+    pub(crate) fn stop_handshakes(&self) {
+        let StreamListener::Tcp(l) = self else {
+            return;
+        };
+        // ldb [13] (the TCP flags: the filter sees the segment from its
+        // TCP header); and #SYN|ACK; jeq #SYN → drop; else accept.
+        let mut code = [
+            libc::sock_filter { code: 0x30, jt: 0, jf: 0, k: 13 },
+            libc::sock_filter { code: 0x54, jt: 0, jf: 0, k: 0x12 },
+            libc::sock_filter { code: 0x15, jt: 0, jf: 1, k: 0x02 },
+            libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 },
+            libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: u32::MAX },
+        ];
+        let prog = libc::sock_fprog {
+            len: code.len() as u16,
+            filter: code.as_mut_ptr(),
+        };
+        // SAFETY: `prog` points at a valid classic BPF program that lives
+        // for the call; the kernel copies it.
+        let r = unsafe {
+            libc::setsockopt(
+                l.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                (&prog as *const libc::sock_fprog).cast(),
+                std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            tracing::debug!(
+                "cannot stop new handshakes before the drain: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+
     pub(crate) fn raw_fd(&self) -> i32 {
         match self {
             StreamListener::Tcp(l) => l.as_raw_fd(),

@@ -840,9 +840,10 @@ impl Server {
             return;
         };
         let l = Arc::clone(l);
-        // At most a backlog's worth: what the kernel can have queued at the
-        // stop (clients that keep reconnecting must not keep it going).
-        let most = self.ctx.options.backlog.max(1) as usize;
+        // No new handshakes from here; what was queued or under way is
+        // served (bounded all the same).
+        l.listener.stop_handshakes();
+        let most = 2 * self.ctx.options.backlog.max(1) as usize;
         for _ in 0..most {
             match acceptor.accept(&l, &self.ctx) {
                 Accepted::Conn(a) => self.engine.dispatch(Work::Conn(a), &self.ctx),

@@ -259,6 +259,9 @@ struct Entry {
     timer: Option<Instant>,
     /// Queued to run again next turn (at most once).
     again: bool,
+    /// An event reported the peer's close or an error: every read goes on
+    /// until it would block (that end of stream makes no new edge).
+    closing: bool,
 }
 
 /// One loop's state.
@@ -364,6 +367,11 @@ impl Loop {
                     }
                     Token(slot) => {
                         if let Some(gen) = self.gens.get(slot).copied() {
+                            if ev.is_read_closed() || ev.is_error() {
+                                if let Some(Some(e)) = self.slots.get_mut(slot) {
+                                    e.closing = true;
+                                }
+                            }
                             self.drive(slot, gen);
                         }
                     }
@@ -494,6 +502,7 @@ impl Loop {
             gen,
             timer: None,
             again: false,
+            closing: false,
         });
         self.live += 1;
         // Serve at once: the request is often there already.
@@ -600,7 +609,7 @@ impl Loop {
                                 }
                                 None => e.conn.received(data, now, &c),
                             }
-                            if n < self.scratch.len() {
+                            if n < self.scratch.len() && !e.closing {
                                 drained = true;
                             }
                         }
@@ -730,11 +739,14 @@ impl Loop {
         }
     }
 
-    /// Accepts what is waiting on listener `k` at the stop: at most a
-    /// backlog's worth (what the kernel can have queued), so clients that
-    /// keep reconnecting cannot keep the drain accepting.
+    /// Accepts what is waiting on listener `k` at the stop, once the
+    /// listener has stopped starting handshakes: the backlog, and the
+    /// handshakes that were under way (bounded all the same).
     fn sweep(&mut self, k: usize) {
-        let most = self.ctx.options.backlog.max(1) as usize;
+        if let Some((l, _)) = self.listeners[k].as_ref() {
+            l.listener.stop_handshakes();
+        }
+        let most = 2 * self.ctx.options.backlog.max(1) as usize;
         for _ in 0..most {
             let Some((l, acceptor)) = self.listeners[k].as_mut() else {
                 return;

@@ -51,6 +51,9 @@ pub(crate) const LINGER_BUDGET: usize = 256 * 1024;
 /// long a connection accepted during the drain waits for its first bytes.
 pub(crate) const DRAIN_GRACE: Duration = Duration::from_millis(100);
 
+/// How often a draining linger looks whether our replies are acknowledged.
+const LINGER_POLL: Duration = Duration::from_millis(10);
+
 /// The per-connection settings, copied from the server's configuration.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Settings {
@@ -558,7 +561,9 @@ impl Conn {
         }
         let mut linger = self.settings.linger;
         if self.stopping {
-            linger = linger.min(DRAIN_GRACE);
+            // While draining the linger ends as soon as our replies are
+            // acknowledged: look every 10 ms (see `timeout`).
+            linger = linger.min(LINGER_POLL);
         }
         self.end.get_or_insert(End::ServerClosed);
         self.phase = Phase::Lingering {
@@ -621,7 +626,7 @@ impl Conn {
                 if self.unacked > 0 && !capped {
                     // Replies are still on their way: look again shortly.
                     self.phase = Phase::Lingering {
-                        until: now + Duration::from_millis(10),
+                        until: now + LINGER_POLL,
                         budget,
                     };
                 } else {
@@ -651,7 +656,7 @@ impl Conn {
             Phase::Open => self.begin_drain(now),
             Phase::Lingering { until, budget } => {
                 self.phase = Phase::Lingering {
-                    until: until.min(now + DRAIN_GRACE),
+                    until: until.min(now + LINGER_POLL),
                     budget,
                 }
             }
