@@ -530,7 +530,6 @@ const SOON: Duration = Duration::from_secs(3);
 /// no reply by itself: it still gets the reply to that line, then
 /// end-of-stream.
 #[test]
-#[ignore = "bug: the event-loop driver misses an end-of-stream that arrives with the last data"]
 fn half_close_arriving_with_the_last_data() {
     let _lock = shared();
     each_config(|cfg| {
@@ -549,7 +548,6 @@ fn half_close_arriving_with_the_last_data() {
 
 /// The reset peer's connection is closed, however its last bytes came.
 #[test]
-#[ignore = "bug: the event-loop driver misses a reset that arrives with the last data"]
 fn reset_arriving_with_the_last_data() {
     let _lock = shared();
     each_config(|cfg| {
