@@ -39,11 +39,36 @@ impl StreamListener {
         // ldb [13] (the TCP flags: the filter sees the segment from its
         // TCP header); and #SYN|ACK; jeq #SYN → drop; else accept.
         let mut code = [
-            libc::sock_filter { code: 0x30, jt: 0, jf: 0, k: 13 },
-            libc::sock_filter { code: 0x54, jt: 0, jf: 0, k: 0x12 },
-            libc::sock_filter { code: 0x15, jt: 0, jf: 1, k: 0x02 },
-            libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 },
-            libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: u32::MAX },
+            libc::sock_filter {
+                code: 0x30,
+                jt: 0,
+                jf: 0,
+                k: 13,
+            },
+            libc::sock_filter {
+                code: 0x54,
+                jt: 0,
+                jf: 0,
+                k: 0x12,
+            },
+            libc::sock_filter {
+                code: 0x15,
+                jt: 0,
+                jf: 1,
+                k: 0x02,
+            },
+            libc::sock_filter {
+                code: 0x06,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+            libc::sock_filter {
+                code: 0x06,
+                jt: 0,
+                jf: 0,
+                k: u32::MAX,
+            },
         ];
         let prog = libc::sock_fprog {
             len: code.len() as u16,
