@@ -22,7 +22,14 @@ use crate::addr::{Endpoint, Transport};
 use crate::error::Error;
 
 /// Socket options for listeners (and, where they apply, accepted sockets).
+///
+/// ```
+/// use sockserv::SocketOptions;
+/// let options = SocketOptions::default().reuse_port(true).nodelay(true);
+/// assert!(options.reuse_port && options.nodelay);
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SocketOptions {
     /// `SO_REUSEADDR` on TCP listeners: rebind a port still in TIME_WAIT
     /// after a restart. On by default, as the seed's server sets
@@ -69,6 +76,50 @@ impl Default for SocketOptions {
             recv_buffer: None,
             send_buffer: None,
         }
+    }
+}
+
+impl SocketOptions {
+    /// Sets [`reuse_address`](Self::reuse_address).
+    pub fn reuse_address(mut self, on: bool) -> Self {
+        self.reuse_address = on;
+        self
+    }
+
+    /// Sets [`reuse_port`](Self::reuse_port).
+    pub fn reuse_port(mut self, on: bool) -> Self {
+        self.reuse_port = on;
+        self
+    }
+
+    /// Sets [`backlog`](Self::backlog).
+    pub fn backlog(mut self, backlog: i32) -> Self {
+        self.backlog = backlog;
+        self
+    }
+
+    /// Sets [`nodelay`](Self::nodelay).
+    pub fn nodelay(mut self, on: bool) -> Self {
+        self.nodelay = on;
+        self
+    }
+
+    /// Sets [`v6only`](Self::v6only).
+    pub fn v6only(mut self, v6only: Option<bool>) -> Self {
+        self.v6only = v6only;
+        self
+    }
+
+    /// Sets [`recv_buffer`](Self::recv_buffer).
+    pub fn recv_buffer(mut self, bytes: Option<usize>) -> Self {
+        self.recv_buffer = bytes;
+        self
+    }
+
+    /// Sets [`send_buffer`](Self::send_buffer).
+    pub fn send_buffer(mut self, bytes: Option<usize>) -> Self {
+        self.send_buffer = bytes;
+        self
     }
 }
 

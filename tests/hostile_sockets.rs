@@ -55,10 +55,7 @@ fn bind(listen: &str, options: SocketOptions) -> Result<Server, sockserv::Error>
 }
 
 fn reuse_port() -> SocketOptions {
-    SocketOptions {
-        reuse_port: true,
-        ..SocketOptions::default()
-    }
+    SocketOptions::default().reuse_port(true)
 }
 
 fn is_socket(path: &Path) -> bool {

@@ -208,13 +208,11 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         .with_max_frame(args.max_frame as usize)
         .map_err(CliError::usage)?
         .with_on_oversize(on_oversize);
-    let options = SocketOptions {
-        reuse_port: args.reuse_port,
-        backlog: args.backlog,
-        nodelay: args.nodelay,
-        v6only: Some(!args.dual_stack),
-        ..SocketOptions::default()
-    };
+    let options = SocketOptions::default()
+        .reuse_port(args.reuse_port)
+        .backlog(args.backlog)
+        .nodelay(args.nodelay)
+        .v6only(Some(!args.dual_stack));
     let mut limits = Limits::new().over_limit(if args.over_limit == "close" {
         OverLimit::Close
     } else {

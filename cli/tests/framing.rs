@@ -92,10 +92,7 @@ fn run_segmentation(ep: Endpoint, strategy: Strategy, nodelay: bool, seed: u64) 
         .listen(ep)
         .strategy(strategy)
         .framing(Framing::line())
-        .socket_options(SocketOptions {
-            nodelay,
-            ..SocketOptions::default()
-        })
+        .socket_options(SocketOptions::default().nodelay(nodelay))
         .message(Echo)
         .bind()
         .unwrap();

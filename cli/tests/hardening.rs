@@ -1618,10 +1618,7 @@ fn fast_client_does_not_starve_others(strategy: Strategy) {
             .framing(Framing::line())
             // A receive buffer larger than one read, so the fast client
             // keeps it full and every read of the server is a full one.
-            .socket_options(sockserv::SocketOptions {
-                recv_buffer: Some(4 << 20),
-                ..sockserv::SocketOptions::default()
-            })
+            .socket_options(sockserv::SocketOptions::default().recv_buffer(Some(4 << 20)))
             .drain(DrainPolicy::new().grace(Duration::from_secs(1)))
             .message(message_fn(|msg, reply| {
                 if msg.starts_with(b"ping") {

@@ -19,7 +19,7 @@ use common::{free_port, wait_until, ChildGuard, TempDir, DEADLINE};
 /// `sockserv serve` with the PROXY protocol and the admin endpoint; its
 /// data port and admin URL.
 fn serve(version: &str) -> (ChildGuard, u16, String) {
-    let mut server = ChildGuard::serve(
+    let server = ChildGuard::serve(
         &[
             "--handler",
             "echo",

@@ -169,10 +169,7 @@ fn dual_stack_accepts_ipv4() {
     let server = serve(
         Server::builder()
             .listen("tcp://[::]:0")
-            .socket_options(SocketOptions {
-                v6only: Some(false),
-                ..SocketOptions::default()
-            })
+            .socket_options(SocketOptions::default().v6only(Some(false)))
             .strategy(Strategy::Threads)
             .framing(Framing::line())
             .message(Echo),
