@@ -299,7 +299,6 @@ fn udp_reflector_loop_is_broken_sequential() {
 /// bucket bounds what the loop costs (its pace, at most the rate); only a
 /// loop faster than `replies_per_source` is broken.
 #[test]
-#[ignore = "bug: a reflection loop slower than replies_per_source (default 10,000/s) is never broken"]
 fn udp_reflector_loop_over_a_slow_path_is_broken() {
     let _g = exclusive();
     let b = bounce(LOOPS, DatagramPolicy::new(), Duration::from_millis(1));
@@ -870,7 +869,6 @@ fn unix_datagrams_over_64k_answered_whole_or_dropped_sequential() {
 /// so the reply fails with EMSGSIZE (logged at debug level only) and the
 /// client gets nothing.
 #[test]
-#[ignore = "bug: Unix datagrams of 212,961..=262,144 bytes are received but their replies fail (EMSGSIZE)"]
 fn unix_datagram_up_to_the_maximum_is_answered_whole() {
     let _g = exclusive();
     let dir = TempDir::new("max");
@@ -1120,7 +1118,6 @@ fn backlog_run() -> (Tally, Duration) {
 /// Only a listener that stops completing handshakes before the last accept
 /// (a socket filter that drops new SYNs, say) would make it 0.
 #[test]
-#[ignore = "bug: under continuous reconnects the drain accepts after SIGTERM until EMFILE, then resets its full backlog"]
 fn sigterm_serves_the_listen_backlog() {
     let _g = exclusive();
     let mut total_lost = 0;
