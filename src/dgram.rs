@@ -270,7 +270,6 @@ fn call_handler(
     let mut reply = Reply::datagrams(out, ends, peer);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match handler {
         Handler::Message(h) => h.handle(data, &mut reply),
-        Handler::Datagram(h) => h.handle(data, &mut reply),
         Handler::Stream(_) | Handler::AsyncStream(_) => Ok(()),
     }));
     match result {

@@ -1,4 +1,4 @@
-//! Handlers: the code a user writes. Three kinds, one per way of talking:
+//! Handlers: the code a user writes, one kind per way of talking:
 //!
 //! * [`StreamHandler`] — Python's `BaseRequestHandler`: `setup`, `handle`,
 //!   `finish` over a [`Connection`] it reads and writes itself. For
@@ -6,14 +6,14 @@
 //! * [`MessageHandler`] — called once per frame; the server does the
 //!   reading, the framing (no sticky packets), the batching of replies and
 //!   the writing. The fast path, and the one every engine runs natively.
-//!   On a datagram socket one datagram is one message.
-//! * [`DatagramHandler`] — Python's `DatagramRequestHandler`: one datagram
-//!   and its sender in, replies out.
+//!   On a datagram socket one datagram is one message and each reply one
+//!   datagram to its sender: this is also Python's `DatagramRequestHandler`.
+//! * [`AsyncStreamHandler`] — async code over an [`AsyncConnection`](crate::AsyncConnection).
 //!
 //! Handlers are shared by every connection (`&self`), so they are
 //! `Send + Sync`; state for one connection lives in locals of `handle`
 //! (stream handlers) or behind a lock. Closures work through
-//! [`message_fn`], [`stream_fn`] and [`datagram_fn`].
+//! [`message_fn`] and [`stream_fn`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -61,13 +61,6 @@ pub trait MessageHandler: Send + Sync + 'static {
     /// is reported to `handle_error` and the connection carries on with the
     /// next message; call [`Reply::close`] to end the connection instead.
     fn handle(&self, msg: &[u8], reply: &mut Reply<'_>) -> HandlerResult;
-}
-
-/// A handler for datagram sockets: the datagram, who sent it, and a way
-/// to answer.
-pub trait DatagramHandler: Send + Sync + 'static {
-    /// Handles one datagram from `reply.peer()`.
-    fn handle(&self, datagram: &[u8], reply: &mut Reply<'_>) -> HandlerResult;
 }
 
 /// A stream handler written as async code; it runs on the async engine's
@@ -202,7 +195,6 @@ impl<'a> Reply<'a> {
 pub enum Handler {
     Stream(Arc<dyn StreamHandler>),
     Message(Arc<dyn MessageHandler>),
-    Datagram(Arc<dyn DatagramHandler>),
     #[allow(private_interfaces)]
     AsyncStream(Arc<dyn DynAsyncStreamHandler>),
 }
@@ -212,7 +204,6 @@ impl std::fmt::Debug for Handler {
         f.write_str(match self {
             Handler::Stream(_) => "Handler::Stream",
             Handler::Message(_) => "Handler::Message",
-            Handler::Datagram(_) => "Handler::Datagram",
             Handler::AsyncStream(_) => "Handler::AsyncStream",
         })
     }
@@ -227,11 +218,6 @@ impl Handler {
     /// Wraps a message handler.
     pub fn message(h: impl MessageHandler) -> Handler {
         Handler::Message(Arc::new(h))
-    }
-
-    /// Wraps a datagram handler.
-    pub fn datagram(h: impl DatagramHandler) -> Handler {
-        Handler::Datagram(Arc::new(h))
     }
 
     /// Wraps an async stream handler.
@@ -287,21 +273,4 @@ where
         }
     }
     FnStream(f)
-}
-
-/// A datagram handler from a closure.
-pub fn datagram_fn<F>(f: F) -> impl DatagramHandler
-where
-    F: Fn(&[u8], &mut Reply<'_>) -> HandlerResult + Send + Sync + 'static,
-{
-    struct FnDatagram<F>(F);
-    impl<F> DatagramHandler for FnDatagram<F>
-    where
-        F: Fn(&[u8], &mut Reply<'_>) -> HandlerResult + Send + Sync + 'static,
-    {
-        fn handle(&self, d: &[u8], reply: &mut Reply<'_>) -> HandlerResult {
-            (self.0)(d, reply)
-        }
-    }
-    FnDatagram(f)
 }

@@ -35,7 +35,7 @@
 //! | `ThreadingTCPServer` and the other combinations | not types: any transport × any strategy |
 //! | `BaseRequestHandler.setup/handle/finish` | [`StreamHandler`] |
 //! | `StreamRequestHandler.rfile/wfile` | [`Connection::reader`] / [`Connection::writer`] |
-//! | `DatagramRequestHandler` | [`DatagramHandler`] |
+//! | `DatagramRequestHandler` | [`MessageHandler`]: on a datagram socket each datagram is one message |
 //! | (none) | [`MessageHandler`]: one call per frame, framing by the server ([`frame`]) |
 //! | (none) | [`AsyncStreamHandler`]: async code over an [`AsyncConnection`] |
 //! | `serve_forever()`, `handle_request()`, `shutdown()`, `server_close()` | [`Server::serve_forever`], [`Server::handle_request`], [`ShutdownHandle::shutdown`], dropping the server |
@@ -86,8 +86,7 @@ pub use conn::Connection;
 pub use dgram::{DatagramPolicy, MAX_DATAGRAM, MAX_UNIX_DATAGRAM};
 pub use error::Error;
 pub use handler::{
-    AsyncStreamHandler, DatagramHandler, Handler, HandlerResult, MessageHandler, Reply,
-    StreamHandler,
+    AsyncStreamHandler, Handler, HandlerResult, MessageHandler, Reply, StreamHandler,
 };
 pub use hooks::Failure;
 pub use proxy::Versions as ProxyVersions;

@@ -30,8 +30,6 @@ pub(crate) fn run_work(work: Work, ctx: &Arc<Context>) {
                     Err(e) => ctx.hooks.error(&conn.peer, Failure::Io(e)),
                 }
             }
-            // Rejected at build time; close the connection if it happens.
-            Handler::Datagram(_) => drop(conn),
         },
         Work::Datagram(job) => crate::dgram::serve_job(job, ctx),
     }

@@ -32,7 +32,7 @@ use crate::dgram::{DatagramPolicy, DgramServer, DgramSocket};
 use crate::driver::event_loop::EventLoops;
 use crate::error::Error;
 use crate::frame::Framing;
-use crate::handler::{DatagramHandler, Handler, MessageHandler, StreamHandler};
+use crate::handler::{Handler, MessageHandler, StreamHandler};
 use crate::hooks::{Failure, Hooks};
 use crate::shutdown::{Shared, ShutdownHandle};
 use crate::socket::{self, Listener, PathGuard, SocketOptions};
@@ -153,12 +153,6 @@ impl Builder {
     /// Serves each connection with an async stream handler.
     pub fn async_stream(mut self, handler: impl crate::handler::AsyncStreamHandler) -> Self {
         self.handler = Some(Handler::async_stream(handler));
-        self
-    }
-
-    /// Serves each datagram with a datagram handler.
-    pub fn datagram(mut self, handler: impl DatagramHandler) -> Self {
-        self.handler = Some(Handler::datagram(handler));
         self
     }
 
@@ -295,7 +289,7 @@ impl Builder {
     /// left running if it fails.
     pub fn bind(self) -> Result<Server, Error> {
         let handler = self.handler.ok_or_else(|| {
-            Error::config("no handler: call .stream(), .message() or .datagram()")
+            Error::config("no handler: call .message(), .stream() or .async_stream()")
         })?;
         if self.endpoints.is_empty() {
             return Err(Error::config("no address to listen on: call .listen(ADDR)"));
@@ -310,11 +304,6 @@ impl Builder {
                 (Handler::Stream(_) | Handler::AsyncStream(_), false) => {
                     return Err(Error::config(format!(
                         "a stream handler cannot serve the datagram socket {ep}"
-                    )))
-                }
-                (Handler::Datagram(_), true) => {
-                    return Err(Error::config(format!(
-                        "a datagram handler cannot serve the stream socket {ep}"
                     )))
                 }
                 _ => {}
@@ -413,7 +402,7 @@ impl Builder {
             |e: io::Error| Error::socket(format!("cannot start the {strategy} threads"), e);
         // The engine is built last: every fallible step is behind us, and
         // should building it fail, what it started stops when it drops.
-        let message_like = matches!(ctx.handler, Handler::Message(_) | Handler::Datagram(_));
+        let message_like = matches!(ctx.handler, Handler::Message(_));
         let engine = match (strategy, message_like) {
             (Strategy::Sequential, _) => Engine::Sequential(Default::default()),
             (Strategy::Threads, _) => Engine::Threads(Default::default()),

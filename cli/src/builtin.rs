@@ -23,7 +23,7 @@ impl Builtin {
             Builtin::Upper => Handler::message(Upper),
             Builtin::Discard => Handler::message(Discard),
             Builtin::Daytime if stream => Handler::stream(Daytime),
-            Builtin::Daytime => Handler::datagram(Daytime),
+            Builtin::Daytime => Handler::message(Daytime),
         }
     }
 }

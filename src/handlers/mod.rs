@@ -7,7 +7,7 @@
 //! datagram socket it answers any datagram with the time.
 
 use crate::conn::Connection;
-use crate::handler::{DatagramHandler, HandlerResult, MessageHandler, Reply, StreamHandler};
+use crate::handler::{HandlerResult, MessageHandler, Reply, StreamHandler};
 
 /// Replies with each message unchanged.
 #[derive(Debug, Clone, Copy, Default)]
@@ -85,7 +85,9 @@ impl StreamHandler for Daytime {
     }
 }
 
-impl DatagramHandler for Daytime {
+/// On a datagram socket: each datagram, whatever it holds, is answered with
+/// the time.
+impl MessageHandler for Daytime {
     fn handle(&self, _datagram: &[u8], reply: &mut Reply<'_>) -> HandlerResult {
         reply.send(format!("{}\r\n", daytime_now()).as_bytes())?;
         Ok(())
