@@ -528,3 +528,19 @@ impl Drop for StopWait {
         }
     }
 }
+
+/// Waits for `threads` to finish, but not past `deadline`: a thread a
+/// handler holds forever must not hold the shutdown. Returns how many were
+/// left behind (detached).
+pub(crate) fn join_until(threads: Vec<std::thread::JoinHandle<()>>, deadline: Instant) -> usize {
+    let mut pending = threads;
+    while !pending.is_empty() && Instant::now() < deadline {
+        pending.retain(|t| !t.is_finished());
+        if !pending.is_empty() {
+            // Threads have no "wait until any finishes with a timeout":
+            // look again shortly (bounded by the deadline).
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    pending.len()
+}

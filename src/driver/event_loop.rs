@@ -187,7 +187,7 @@ impl EventLoops {
     /// its loop forever must not hold the shutdown. Such a loop is left
     /// behind and reported.
     pub(crate) fn join(&self, deadline: Instant) {
-        let mut pending: Vec<_> = self
+        let pending: Vec<_> = self
             .threads
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -196,17 +196,9 @@ impl EventLoops {
         for m in &self.mailboxes {
             m.send(Msg::Quit);
         }
-        while !pending.is_empty() && Instant::now() < deadline {
-            pending.retain(|t| !t.is_finished());
-            if !pending.is_empty() {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-        if !pending.is_empty() {
-            tracing::warn!(
-                "{} event loop(s) blocked by a handler were left behind",
-                pending.len()
-            );
+        let left = crate::shutdown::join_until(pending, deadline);
+        if left > 0 {
+            tracing::warn!("{left} event loop(s) blocked by a handler were left behind");
         }
     }
 }
@@ -457,9 +449,17 @@ impl Loop {
 
     /// Accepts from listener `k` (at most a turn's worth).
     fn accept(&mut self, k: usize) {
-        for _ in 0..ACCEPTS_PER_TURN {
+        if self.accept_up_to(k, ACCEPTS_PER_TURN) {
+            self.accept_again.push(k);
+        }
+    }
+
+    /// Accepts from listener `k` until it has nobody waiting (or must
+    /// pause) or `most` were taken; true in the second case.
+    fn accept_up_to(&mut self, k: usize, most: usize) -> bool {
+        for _ in 0..most {
             let Some((l, acceptor)) = self.listeners[k].as_mut() else {
-                return;
+                return false;
             };
             match acceptor.accept(l, &self.ctx) {
                 Accepted::Conn(a) => {
@@ -467,10 +467,10 @@ impl Loop {
                     self.insert(a.guard, a.stream, conn);
                 }
                 Accepted::Refused => {}
-                Accepted::Empty | Accepted::Paused | Accepted::Backoff => return,
+                Accepted::Empty | Accepted::Paused | Accepted::Backoff => return false,
             }
         }
-        self.accept_again.push(k);
+        true
     }
 
     fn insert(&mut self, guard: TrackGuard, sock: Stream, conn: Conn) {
@@ -747,18 +747,6 @@ impl Loop {
             l.listener.stop_handshakes();
         }
         let most = 2 * self.ctx.options.backlog.max(1) as usize;
-        for _ in 0..most {
-            let Some((l, acceptor)) = self.listeners[k].as_mut() else {
-                return;
-            };
-            match acceptor.accept(l, &self.ctx) {
-                Accepted::Conn(a) => {
-                    let conn = self.ctx.new_conn(a.peer, a.listener, self.now);
-                    self.insert(a.guard, a.stream, conn);
-                }
-                Accepted::Refused => {}
-                Accepted::Empty | Accepted::Paused | Accepted::Backoff => return,
-            }
-        }
+        self.accept_up_to(k, most);
     }
 }

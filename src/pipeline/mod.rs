@@ -275,35 +275,44 @@ impl Conn {
         }
     }
 
-    /// Bytes arrived.
-    pub(crate) fn received(&mut self, data: &[u8], now: Instant, ctx: &Ctx<'_>) {
-        self.bytes_in += data.len() as u64;
+    /// Counts `n` bytes read against the phase's budget; false when they
+    /// are not for the handler (discarded while lingering, or too late).
+    fn admit_input(&mut self, n: usize, now: Instant) -> bool {
+        self.bytes_in += n as u64;
         match &mut self.phase {
             Phase::Lingering { budget, .. } => {
                 // While the server drains, the linger is short anyway: keep
                 // reading for all of it, so a peer that never stops sending
                 // still has the time to read our last replies.
-                if data.len() >= *budget && !self.stopping {
+                if n >= *budget && !self.stopping {
                     self.phase = Phase::Done;
                 } else {
-                    *budget = budget.saturating_sub(data.len());
+                    *budget = budget.saturating_sub(n);
                 }
-                return;
+                false
             }
             Phase::Draining { budget, until } => {
                 // Answer what has arrived, no more: the grace for a first
                 // request ends when one arrives.
                 *until = (*until).min(now);
-                if data.len() >= *budget {
+                if n >= *budget {
                     // A peer that never stops sending must not keep the
                     // drain busy: answer this, then close.
                     self.phase = Phase::Closing;
                 } else {
-                    *budget -= data.len();
+                    *budget -= n;
                 }
+                true
             }
-            Phase::Open => {}
-            Phase::Closing | Phase::Done => return,
+            Phase::Open => true,
+            Phase::Closing | Phase::Done => false,
+        }
+    }
+
+    /// Bytes arrived.
+    pub(crate) fn received(&mut self, data: &[u8], now: Instant, ctx: &Ctx<'_>) {
+        if !self.admit_input(data.len(), now) {
+            return;
         }
         self.last_input = now;
         let Some(mut session) = self.session.take() else {
@@ -446,26 +455,8 @@ impl Conn {
     /// to run the handler on a worker thread; the connection is
     /// [`Next::Busy`] until [`Conn::offload_done`].
     pub(crate) fn offload(&mut self, data: &[u8], now: Instant, ctx: &Ctx<'_>) -> Option<Offload> {
-        self.bytes_in += data.len() as u64;
-        match &mut self.phase {
-            Phase::Lingering { budget, .. } => {
-                if data.len() >= *budget && !self.stopping {
-                    self.phase = Phase::Done;
-                } else {
-                    *budget = budget.saturating_sub(data.len());
-                }
-                return None;
-            }
-            Phase::Draining { budget, until } => {
-                *until = (*until).min(now);
-                if data.len() >= *budget {
-                    self.phase = Phase::Closing;
-                } else {
-                    *budget -= data.len();
-                }
-            }
-            Phase::Open => {}
-            Phase::Closing | Phase::Done => return None,
+        if !self.admit_input(data.len(), now) {
+            return None;
         }
         if !data.is_empty() {
             self.last_input = now;

@@ -223,18 +223,13 @@ impl Workers {
     /// `deadline` (a handler that never returns is left behind).
     pub(crate) fn stop(&self, deadline: Instant) {
         self.close();
-        let mut pending: Vec<_> = self
+        let pending: Vec<_> = self
             .threads
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .drain(..)
             .collect();
-        while !pending.is_empty() && Instant::now() < deadline {
-            pending.retain(|t| !t.is_finished());
-            if !pending.is_empty() {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
+        crate::shutdown::join_until(pending, deadline);
     }
 }
 
