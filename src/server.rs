@@ -300,13 +300,10 @@ impl Builder {
         }
         for ep in &endpoints {
             let stream = ep.transport().is_stream();
-            match (&handler, stream) {
-                (Handler::Stream(_) | Handler::AsyncStream(_), false) => {
-                    return Err(Error::config(format!(
-                        "a stream handler cannot serve the datagram socket {ep}"
-                    )))
-                }
-                _ => {}
+            if matches!(handler, Handler::Stream(_) | Handler::AsyncStream(_)) && !stream {
+                return Err(Error::config(format!(
+                    "a stream handler cannot serve the datagram socket {ep}"
+                )));
             }
         }
         let strategy = self.strategy.resolve_for(&handler);
