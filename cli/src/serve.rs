@@ -12,7 +12,7 @@ use sockserv::{
 
 use crate::builtin::Builtin;
 use crate::error::CliError;
-use crate::util::{init_logging, parse_duration};
+use crate::util::parse_duration;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
@@ -196,7 +196,8 @@ fn warn_ignored(args: &ServeArgs, strategy: Strategy) {
 }
 
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
-    init_logging(args.verbose);
+    // Kept to the end of `run`: the queued log lines are written out then.
+    let _log = crate::logging::init(args.verbose);
     let on_oversize = if args.on_oversize == "skip" {
         OnOversize::Skip
     } else {
