@@ -28,3 +28,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     Ok(Duration::from_secs_f64(secs))
 }
+
+/// A duration that must be more than zero: for the timeouts where 0 would
+/// not mean "none" but "at once" (every connection closed as soon as it is
+/// accepted). Leaving the option out is how to ask for no timeout.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!(
+            "a timeout of \"{}\" would close every connection at once; give a duration over 0 (e.g. 30s, 500ms), or leave the option out",
+            s.trim()
+        ));
+    }
+    Ok(d)
+}
