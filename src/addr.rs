@@ -238,8 +238,24 @@ fn parse_path(input: &str, rest: &str) -> Result<PathBuf, ParseEndpointError> {
             reason: "the socket path is empty".to_string(),
         });
     }
+    // The kernel's `sockaddr_un` holds 108 bytes, the terminating NUL
+    // included: a longer path cannot be bound or connected to, whatever
+    // exists on disk, so it is the user's mistake, refused here.
+    if path.len() >= MAX_UNIX_PATH {
+        return Err(ParseEndpointError {
+            input: input.to_string(),
+            reason: format!(
+                "the socket path is {} bytes long; a Unix socket path must be shorter than {MAX_UNIX_PATH} bytes (the kernel's limit, sun_path)",
+                path.len()
+            ),
+        });
+    }
     Ok(PathBuf::from(path))
 }
+
+/// Size of `sun_path` in the kernel's `sockaddr_un` on Linux: a Unix socket
+/// path must be shorter (it is stored with a terminating NUL).
+pub const MAX_UNIX_PATH: usize = 108;
 
 impl FromStr for Endpoint {
     type Err = ParseEndpointError;
@@ -340,6 +356,7 @@ mod tests {
         ] {
             let ep: Endpoint = input.parse().unwrap();
             assert_eq!(ep.to_string(), printed, "{input}");
+
             assert_eq!(printed.parse::<Endpoint>().unwrap(), ep);
         }
     }
@@ -359,6 +376,22 @@ mod tests {
         ] {
             let err = input.parse::<Endpoint>().unwrap_err().to_string();
             assert!(err.contains(needle), "{input}: {err}");
+            assert!(!err.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn refuses_unix_paths_the_kernel_cannot_hold() {
+        // 107 bytes and the NUL fill sun_path exactly.
+        let longest = format!("/{}", "d".repeat(106));
+        let ep: Endpoint = format!("unix://{longest}").parse().unwrap();
+        assert_eq!(ep.path().unwrap().as_os_str().len(), 107);
+        for input in [
+            format!("unix:///{}", "d".repeat(107)),
+            format!("unix-dgram:{}", "d".repeat(200)),
+        ] {
+            let err = input.parse::<Endpoint>().unwrap_err().to_string();
+            assert!(err.contains("shorter than 108 bytes"), "{err}");
             assert!(!err.contains('\n'));
         }
     }

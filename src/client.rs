@@ -4,9 +4,9 @@
 
 use std::io::{self, Read, Write};
 use std::net::UdpSocket;
-use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::addr::Endpoint;
 use crate::dgram::MAX_DATAGRAM;
@@ -17,7 +17,51 @@ use crate::socket::{self, Stream};
 enum Conn {
     Stream(Stream),
     Udp(UdpSocket),
-    UnixDgram(UnixDatagram, PathBuf),
+    /// The socket, and the directory its path is in (kept for its drop).
+    UnixDgram(UnixDatagram, #[allow(dead_code)] PrivateDir),
+}
+
+/// The directory a Unix datagram client binds its socket in: made with a
+/// random name and mode 0700 (`mkdtemp`), so no other user can have put
+/// anything at the socket's path first, and nobody can guess it ahead of
+/// time. The socket and the directory are removed on drop.
+struct PrivateDir {
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl PrivateDir {
+    /// A fresh directory under the system temporary directory (`$TMPDIR`).
+    fn new() -> io::Result<PrivateDir> {
+        use std::ffi::{CString, OsString};
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        let template = std::env::temp_dir().join("sockserv-client-XXXXXX");
+        let template = CString::new(template.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in $TMPDIR"))?;
+        let raw = template.into_raw();
+        // SAFETY: `raw` is a NUL-terminated buffer we own, ending in the six
+        // X that mkdtemp(3) replaces in place; it is taken back right after.
+        let made = unsafe { libc::mkdtemp(raw) };
+        // SAFETY: `raw` came from `CString::into_raw` and was not freed.
+        let template = unsafe { CString::from_raw(raw) };
+        if made.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        let dir = PathBuf::from(OsString::from_vec(template.into_bytes()));
+        let socket = dir.join("client.sock");
+        Ok(PrivateDir { dir, socket })
+    }
+
+    fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }
 
 /// A connection to a server that sends and receives whole messages.
@@ -37,24 +81,33 @@ pub struct Client {
     eof: bool,
 }
 
-impl Drop for Client {
-    fn drop(&mut self) {
-        if let Conn::UnixDgram(_, path) = &self.conn {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
 impl Client {
-    /// Connects to `endpoint`. On datagram endpoints every message is one
-    /// datagram and the framing is not applied; a Unix datagram client
-    /// binds a temporary path of its own so the server can answer.
+    /// Connects to `endpoint`, waiting at most 10 s for a stream
+    /// connection to be accepted (see [`connect_timeout`](Self::connect_timeout)).
     pub fn connect(endpoint: &Endpoint, framing: Framing) -> Result<Client, Error> {
+        Client::connect_timeout(endpoint, framing, Some(Duration::from_secs(10)))
+    }
+
+    /// Connects to `endpoint`, giving up after `timeout` (`None`: wait as
+    /// long as the kernel does) when a stream server does not take the
+    /// connection, e.g. because its accept queue is full.
+    ///
+    /// On datagram endpoints every message is one datagram and the framing
+    /// is not applied. A Unix datagram client binds a socket of its own so
+    /// that the server can answer, in a new private directory under the
+    /// system temporary directory (random name, mode 0700), removed with
+    /// the client.
+    pub fn connect_timeout(
+        endpoint: &Endpoint,
+        framing: Framing,
+        timeout: Option<Duration>,
+    ) -> Result<Client, Error> {
         let action = || format!("cannot connect to {endpoint}");
         let conn = match endpoint {
-            Endpoint::Tcp(_) | Endpoint::Unix(_) => {
-                Conn::Stream(socket::connect(endpoint, Some(Duration::from_secs(10)))?)
-            }
+            Endpoint::Tcp(_) => Conn::Stream(socket::connect(endpoint, timeout)?),
+            Endpoint::Unix(path) => Conn::Stream(Stream::Unix(
+                connect_unix(path, timeout).map_err(|e| Error::socket(action(), e))?,
+            )),
             Endpoint::Udp(_) => {
                 let addrs = endpoint.resolve().map_err(|e| Error::socket(action(), e))?;
                 let addr = addrs[0];
@@ -68,16 +121,17 @@ impl Client {
                 Conn::Udp(s)
             }
             Endpoint::UnixDgram(path) => {
-                let me = std::env::temp_dir().join(format!(
-                    "sockserv-client-{}-{}.sock",
-                    std::process::id(),
-                    unique()
-                ));
-                let s = UnixDatagram::bind(&me).map_err(|e| Error::socket(action(), e))?;
-                if let Err(e) = s.connect(path) {
-                    let _ = std::fs::remove_file(&me);
-                    return Err(Error::socket(action(), e));
-                }
+                let me = PrivateDir::new().map_err(|e| {
+                    Error::socket(
+                        format!(
+                            "cannot make a directory for the client socket in {}",
+                            std::env::temp_dir().display()
+                        ),
+                        e,
+                    )
+                })?;
+                let s = UnixDatagram::bind(me.socket()).map_err(|e| Error::socket(action(), e))?;
+                s.connect(path).map_err(|e| Error::socket(action(), e))?;
                 Conn::UnixDgram(s, me)
             }
         };
@@ -93,23 +147,30 @@ impl Client {
 
     /// Sets how long a send or a receive may wait (`None`: forever).
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(timeout)?;
+        self.set_write_timeout(timeout)
+    }
+
+    /// Sets how long a receive may wait (`None`: forever). It ends with an
+    /// error of kind `WouldBlock` or `TimedOut`, after which `recv` can be
+    /// called again: a frame received in part is kept.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         match &self.conn {
-            Conn::Stream(Stream::Tcp(s)) => {
-                s.set_read_timeout(timeout)?;
-                s.set_write_timeout(timeout)
-            }
-            Conn::Stream(Stream::Unix(s)) => {
-                s.set_read_timeout(timeout)?;
-                s.set_write_timeout(timeout)
-            }
-            Conn::Udp(s) => {
-                s.set_read_timeout(timeout)?;
-                s.set_write_timeout(timeout)
-            }
-            Conn::UnixDgram(s, _) => {
-                s.set_read_timeout(timeout)?;
-                s.set_write_timeout(timeout)
-            }
+            Conn::Stream(Stream::Tcp(s)) => s.set_read_timeout(timeout),
+            Conn::Stream(Stream::Unix(s)) => s.set_read_timeout(timeout),
+            Conn::Udp(s) => s.set_read_timeout(timeout),
+            Conn::UnixDgram(s, _) => s.set_read_timeout(timeout),
+        }
+    }
+
+    /// Sets how long a send may wait (`None`: forever); it applies to the
+    /// [`raw_writer`](Self::raw_writer) handles too (one socket).
+    pub fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        match &self.conn {
+            Conn::Stream(Stream::Tcp(s)) => s.set_write_timeout(timeout),
+            Conn::Stream(Stream::Unix(s)) => s.set_write_timeout(timeout),
+            Conn::Udp(s) => s.set_write_timeout(timeout),
+            Conn::UnixDgram(s, _) => s.set_write_timeout(timeout),
         }
     }
 
@@ -220,6 +281,12 @@ impl Client {
         }
     }
 
+    /// Bytes received and not yet returned by [`recv`](Self::recv): 0 when
+    /// the next `recv` has to wait for the network.
+    pub fn buffered(&self) -> usize {
+        self.filled
+    }
+
     /// Sends one message and waits for one reply.
     pub fn request(&mut self, msg: &[u8]) -> io::Result<Vec<u8>> {
         self.send(msg)?;
@@ -266,8 +333,34 @@ impl Write for RawWriter {
     }
 }
 
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
+/// A Unix stream connection that gives up after `timeout`. A Unix
+/// listener whose backlog is full makes a blocking `connect` wait (a
+/// non-blocking one fails with `EAGAIN` at once), so it is tried again
+/// until the deadline.
+fn connect_unix(path: &Path, timeout: Option<Duration>) -> io::Result<UnixStream> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let Some(timeout) = timeout else {
+        return UnixStream::connect(path);
+    };
+    let addr = SockAddr::unix(path)?;
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match socket.connect(&addr) {
+            Ok(()) => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "connection timed out (the server's accept queue is full)",
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    socket.set_nonblocking(false)?;
+    Ok(UnixStream::from(std::os::fd::OwnedFd::from(socket)))
 }

@@ -23,6 +23,7 @@ macro_rules! examples {
   sockserv bench -c 1000 -d 30s --warmup 2 127.0.0.1:9999
   sockserv bench -n 100000 -c 4 --json tcp://127.0.0.1:9999
   sockserv bench -c 100 --pipeline 32 --framing line tcp://127.0.0.1:9999
+  sockserv bench --framing line --size 100000 --max-frame 131072 tcp://127.0.0.1:9999   # serve --max-frame 131072 too
   sockserv bench -c 10 --rate 20000 -d 10 tcp://127.0.0.1:9999   # open loop
   sockserv bench -c 8 --size 512 udp://127.0.0.1:9999
   sockserv bench --churn -c 50 -d 10 tcp://127.0.0.1:9999   # a new connection per request
@@ -118,6 +119,12 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FRAMING")]
     pub framing: Option<String>,
 
+    /// Largest frame sent or received, in bytes, as serve's --max-frame
+    /// (default: 65536, or N for fixed:N when N is larger). Requests of
+    /// --size bytes must fit in it with their framing.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..=(1u64 << 32)))]
+    pub max_frame: Option<u64>,
+
     /// Open loop: total requests per second over all connections.
     #[arg(long, value_name = "PER_SECOND")]
     pub rate: Option<f64>,
@@ -163,6 +170,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         .unwrap_or(default_framing)
         .parse()
         .map_err(CliError::usage)?;
+    let framing = crate::serve::with_max_frame(&framing, args.max_frame)?;
     let mut config = BenchConfig::new(endpoint);
     config.connections = args.connections;
     config.duration = args.duration;

@@ -44,3 +44,20 @@ impl fmt::Display for CliError {
         f.write_str(&self.message)
     }
 }
+
+/// An I/O error as a short lower-case phrase: "connection refused", not
+/// "Connection refused (os error 111)".
+pub(crate) fn describe(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = match text.find(" (os error") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(c) if chars.clone().next().is_some_and(|n| n.is_lowercase()) => {
+            c.to_lowercase().chain(chars).collect()
+        }
+        _ => text.to_string(),
+    }
+}

@@ -11,6 +11,7 @@ mod bench;
 mod builtin;
 mod error;
 mod loadgen;
+mod logging;
 mod send;
 mod serve;
 mod util;

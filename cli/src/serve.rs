@@ -12,7 +12,7 @@ use sockserv::{
 
 use crate::builtin::Builtin;
 use crate::error::CliError;
-use crate::util::{init_logging, parse_duration};
+use crate::util::{parse_duration, parse_positive_duration};
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
@@ -62,9 +62,10 @@ pub struct ServeArgs {
     #[arg(long, default_value = "raw", value_parser = parse_framing)]
     framing: Framing,
 
-    /// Largest frame accepted, in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..=(1u64 << 32)))]
-    max_frame: u64,
+    /// Largest frame accepted, in bytes (default: 65536, or N for fixed:N
+    /// when N is larger).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..=(1u64 << 32)))]
+    max_frame: Option<u64>,
 
     /// What happens to a connection that sends a frame over --max-frame:
     /// close it, or skip the frame and go on.
@@ -94,17 +95,17 @@ pub struct ServeArgs {
     drain_timeout: Duration,
 
     /// Close connections idle for this long (default: never).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
     idle_timeout: Option<Duration>,
 
     /// Close a connection whose frame has started but not finished for
     /// this long (slow senders; default: never).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
     read_timeout: Option<Duration>,
 
     /// Fail a connection whose replies cannot be written for this long
     /// (a peer that never reads).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
     write_timeout: Duration,
 
     /// Most connections open at once, over all the stream addresses
@@ -162,6 +163,24 @@ pub(crate) fn parse_framing(s: &str) -> Result<Framing, String> {
     s.parse::<Framing>().map_err(|e| e.to_string())
 }
 
+/// The framing with `--max-frame` applied. Without the option the framing
+/// keeps its default limit: 64 KiB, or the frame size of a larger `fixed:N`
+/// (a fixed frame is exactly N bytes, so its limit can be no less). A limit
+/// given below what the framing needs is refused, naming both.
+pub(crate) fn with_max_frame(
+    framing: &Framing,
+    max_frame: Option<u64>,
+) -> Result<Framing, CliError> {
+    let Some(max) = max_frame else {
+        return Ok(framing.clone());
+    };
+    framing.clone().with_max_frame(max as usize).map_err(|e| {
+        CliError::usage(format!(
+            "--max-frame {max}: {e} (raise --max-frame, or leave it out)"
+        ))
+    })
+}
+
 fn strategy(args: &ServeArgs) -> Result<Strategy, CliError> {
     let base: Strategy = args
         .mode
@@ -196,18 +215,14 @@ fn warn_ignored(args: &ServeArgs, strategy: Strategy) {
 }
 
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
-    init_logging(args.verbose);
+    // Kept to the end of `run`: the queued log lines are written out then.
+    let _log = crate::logging::init(args.verbose);
     let on_oversize = if args.on_oversize == "skip" {
         OnOversize::Skip
     } else {
         OnOversize::Close
     };
-    let framing = args
-        .framing
-        .clone()
-        .with_max_frame(args.max_frame as usize)
-        .map_err(CliError::usage)?
-        .with_on_oversize(on_oversize);
+    let framing = with_max_frame(&args.framing, args.max_frame)?.with_on_oversize(on_oversize);
     let options = SocketOptions::default()
         .reuse_port(args.reuse_port)
         .backlog(args.backlog)

@@ -29,21 +29,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// Logs go to stderr; quiet by default (warnings and errors), `-v` for
-/// info, `-vv` for debug. `RUST_LOG` overrides.
-pub fn init_logging(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
-    let level = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+/// A duration that must be more than zero: for the timeouts where 0 would
+/// not mean "none" but "at once" (every connection closed as soon as it is
+/// accepted). Leaving the option out is how to ask for no timeout.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!(
+            "a timeout of \"{}\" would close every connection at once; give a duration over 0 (e.g. 30s, 500ms), or leave the option out",
+            s.trim()
+        ));
+    }
+    Ok(d)
 }

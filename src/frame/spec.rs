@@ -126,7 +126,9 @@ impl Framing {
     /// is over the default maximum frame size, the maximum is raised to
     /// `size`, so that `fixed:100000` works without also asking for a larger
     /// limit; [`with_max_frame`](Self::with_max_frame) below `size`
-    /// fails.
+    /// fails. The CLI does the same: without `--max-frame` the limit of
+    /// `fixed:N` is N when N is larger than 64 KiB, and a `--max-frame`
+    /// below N is refused.
     pub fn fixed(size: usize) -> Result<Self, String> {
         let proto = FixedCodec::new(size, size)?;
         let mut f = Framing::new(Kind::Fixed(proto));
