@@ -289,7 +289,9 @@ proptest! {
             .endian(if little { Endian::Little } else { Endian::Big })
             .length_adjustment(adjustment)
             .strip(strip);
-        let codec = field.build().map_err(TestCaseError::fail)?;
+        let codec = field
+            .build()
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let mut stream = Vec::new();
         let mut want = Vec::new();
         for f in &frames {
@@ -400,7 +402,9 @@ proptest! {
     #[test]
     fn framing_text_round_trips(framing in framing()) {
         let text = framing.to_string();
-        let back: Framing = text.parse().map_err(TestCaseError::fail)?;
+        let back: Framing = text
+            .parse()
+            .map_err(|e: sockserv::frame::FramingError| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(&back, &framing);
         prop_assert_eq!(back.to_string(), text);
     }

@@ -50,6 +50,7 @@ use std::sync::Arc;
 use memchr::memmem::Finder;
 
 use super::spec::escape;
+use super::FramingError;
 use super::{Decoded, Decoder, Encoder, FrameError};
 
 /// An immutable, validated set of delimiters with their searchers.
@@ -108,29 +109,33 @@ impl DelimiterCodec {
     /// Fails when the list is empty, a delimiter is empty (it would match
     /// everywhere), or one delimiter occurs inside another other than at its
     /// end (see the [module docs](self) for why).
-    pub fn new(delimiters: Vec<Vec<u8>>, max_frame: usize) -> Result<Self, String> {
+    pub fn new(delimiters: Vec<Vec<u8>>, max_frame: usize) -> Result<Self, FramingError> {
         let mut unique: Vec<Vec<u8>> = Vec::with_capacity(delimiters.len());
         for d in delimiters {
             if d.is_empty() {
-                return Err("a delimiter must not be empty".to_string());
+                return Err(FramingError::from(
+                    "a delimiter must not be empty".to_string(),
+                ));
             }
             if !unique.contains(&d) {
                 unique.push(d);
             }
         }
         if unique.is_empty() {
-            return Err("at least one delimiter is required".to_string());
+            return Err(FramingError::from(
+                "at least one delimiter is required".to_string(),
+            ));
         }
         for outer in &unique {
             let body = outer.get(..outer.len() - 1).unwrap_or_default();
             for inner in &unique {
                 if inner != outer && memchr::memmem::find(body, inner).is_some() {
-                    return Err(format!(
+                    return Err(FramingError::from(format!(
                         "delimiter \"{}\" occurs inside delimiter \"{}\" other than at its end, \
                          so where a frame ends would depend on how the bytes arrive; drop one of them",
                         escape(inner),
                         escape(outer)
-                    ));
+                    )));
                 }
             }
         }
@@ -360,7 +365,11 @@ mod tests {
         assert!(DelimiterCodec::new(vec![], 10).is_err());
         assert!(DelimiterCodec::new(vec![vec![]], 10).is_err());
         let e = DelimiterCodec::new(vec![b"\r".to_vec(), b"\r\n".to_vec()], 10).unwrap_err();
-        assert!(e.contains(r#""\r" occurs inside delimiter "\r\n""#), "{e}");
+        assert!(
+            e.to_string()
+                .contains(r#""\r" occurs inside delimiter "\r\n""#),
+            "{e}"
+        );
         assert!(DelimiterCodec::new(vec![b"bc".to_vec(), b"abcd".to_vec()], 10).is_err());
         // A suffix is fine, and so is a duplicate.
         let c = codec(&[b"\r\n", b"\n", b"\n"], 10);

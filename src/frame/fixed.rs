@@ -17,6 +17,7 @@
 //! not a message: [`Decoder::decode_eof`] returns `None` and the driver
 //! drops them (Netty does the same).
 
+use super::FramingError;
 use super::{Decoded, Decoder, Encoder, FrameError};
 
 /// Codec for the `fixed:N` framing. See the [module docs](self).
@@ -31,14 +32,16 @@ impl FixedCodec {
     /// Fails when `size` is 0 (every frame would be empty and the decoder
     /// could never consume input) or larger than `max_frame` (the driver
     /// would have to buffer more than the limit it promised).
-    pub fn new(size: usize, max_frame: usize) -> Result<Self, String> {
+    pub fn new(size: usize, max_frame: usize) -> Result<Self, FramingError> {
         if size == 0 {
-            return Err("fixed frame size must be at least 1 byte".to_string());
+            return Err(FramingError::from(
+                "fixed frame size must be at least 1 byte".to_string(),
+            ));
         }
         if size > max_frame {
-            return Err(format!(
+            return Err(FramingError::from(format!(
                 "fixed frame size of {size} bytes exceeds the maximum frame size of {max_frame} bytes"
-            ));
+            )));
         }
         Ok(FixedCodec { size })
     }

@@ -61,6 +61,7 @@
 //! `strip`. Headers with real content before or after the field need a
 //! hand-written encoder.
 
+use super::FramingError;
 use super::{Decoded, Decoder, Encoder, FrameError, DEFAULT_MAX_FRAME};
 
 /// Byte order of the length field.
@@ -182,15 +183,17 @@ impl LengthField {
 
     /// Checks the configuration. Errors are one-line messages naming the
     /// parameter and what is allowed.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), FramingError> {
         let n = self.length_field_len;
         if !matches!(n, 1 | 2 | 3 | 4 | 8) {
-            return Err(format!(
+            return Err(FramingError::from(format!(
                 "length field length must be 1, 2, 3, 4 or 8 bytes, not {n}"
-            ));
+            )));
         }
         if self.max_frame == 0 {
-            return Err("the maximum frame size must be at least 1 byte".to_string());
+            return Err(FramingError::from(
+                "the maximum frame size must be at least 1 byte".to_string(),
+            ));
         }
         let header = self
             .length_field_offset
@@ -204,16 +207,16 @@ impl LengthField {
             })?;
         if let Some(strip) = self.strip {
             if strip > header {
-                return Err(format!(
+                return Err(FramingError::from(format!(
                     "strip of {strip} bytes exceeds the {header}-byte header (offset + field length)"
-                ));
+                )));
             }
         }
         Ok(())
     }
 
     /// Validates and makes a codec with fresh state.
-    pub fn build(&self) -> Result<LengthCodec, String> {
+    pub fn build(&self) -> Result<LengthCodec, FramingError> {
         self.validate()?;
         Ok(LengthCodec {
             offset: self.length_field_offset,

@@ -37,6 +37,32 @@ pub use line::LineCodec;
 pub use raw::RawCodec;
 pub use spec::Framing;
 
+/// A framing that cannot be built: a bad specification (`"len:5"`), an
+/// empty delimiter, a limit below the frame size. One line, naming the
+/// problem and, for a parsed string, the accepted forms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FramingError(pub(crate) String);
+
+impl fmt::Display for FramingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FramingError {}
+
+impl From<String> for FramingError {
+    fn from(s: String) -> Self {
+        FramingError(s)
+    }
+}
+
+impl From<&str> for FramingError {
+    fn from(s: &str) -> Self {
+        FramingError(s.to_string())
+    }
+}
+
 /// The default maximum frame size: 64 KiB.
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
 

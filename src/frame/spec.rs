@@ -31,6 +31,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::FramingError;
+
 use super::{
     Codec, DelimiterCodec, Endian, FixedCodec, LengthCodec, LengthField, LineCodec, OnOversize,
     RawCodec, DEFAULT_MAX_FRAME,
@@ -107,7 +109,7 @@ impl Framing {
     /// encoder. Fails on an empty list, an empty delimiter, or a delimiter
     /// that occurs inside another other than at its end (see
     /// [`DelimiterCodec`]).
-    pub fn delimiter(delimiters: Vec<Vec<u8>>) -> Result<Self, String> {
+    pub fn delimiter(delimiters: Vec<Vec<u8>>) -> Result<Self, FramingError> {
         let proto = DelimiterCodec::new(delimiters, DEFAULT_MAX_FRAME)?;
         Ok(Framing::new(Kind::Delimiter(proto)))
     }
@@ -115,7 +117,7 @@ impl Framing {
     /// Length-prefixed messages. The field's `max_frame` becomes the
     /// framing's; fails when the field configuration is invalid
     /// ([`LengthField::validate`]).
-    pub fn length(field: LengthField) -> Result<Self, String> {
+    pub fn length(field: LengthField) -> Result<Self, FramingError> {
         let proto = field.build()?;
         let mut f = Framing::new(Kind::Length(field, proto));
         f.max_frame = field.max_frame;
@@ -129,7 +131,7 @@ impl Framing {
     /// fails. The CLI does the same: without `--max-frame` the limit of
     /// `fixed:N` is N when N is larger than 64 KiB, and a `--max-frame`
     /// below N is refused.
-    pub fn fixed(size: usize) -> Result<Self, String> {
+    pub fn fixed(size: usize) -> Result<Self, FramingError> {
         let proto = FixedCodec::new(size, size)?;
         let mut f = Framing::new(Kind::Fixed(proto));
         f.max_frame = size.max(DEFAULT_MAX_FRAME);
@@ -141,7 +143,7 @@ impl Framing {
     /// Fails when it is below [`min_max_frame`](Self::min_max_frame) (0, or
     /// smaller than a `fixed` size or a length header): such a limit would
     /// reject every frame, which is a configuration mistake worth reporting.
-    pub fn with_max_frame(mut self, max_frame: usize) -> Result<Self, String> {
+    pub fn with_max_frame(mut self, max_frame: usize) -> Result<Self, FramingError> {
         self.set_max_frame(max_frame)?;
         Ok(self)
     }
@@ -156,9 +158,11 @@ impl Framing {
     }
 
     /// Changes the limit everywhere it is kept; on error nothing changes.
-    fn set_max_frame(&mut self, max_frame: usize) -> Result<(), String> {
+    fn set_max_frame(&mut self, max_frame: usize) -> Result<(), FramingError> {
         if max_frame == 0 {
-            return Err("the maximum frame size must be at least 1 byte".to_string());
+            return Err(FramingError::from(
+                "the maximum frame size must be at least 1 byte".to_string(),
+            ));
         }
         match &mut self.kind {
             Kind::Raw | Kind::Line | Kind::Crlf => {}
@@ -265,11 +269,18 @@ impl fmt::Display for Framing {
 }
 
 impl FromStr for Framing {
-    type Err = String;
+    type Err = FramingError;
 
     /// Parses the syntax in the [module docs](self). Errors are one line,
     /// quoting the input and the accepted forms.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, FramingError> {
+        parse(s).map_err(FramingError)
+    }
+}
+
+/// The parser behind `Framing::from_str`, with the messages as text.
+fn parse(s: &str) -> Result<Framing, String> {
+    {
         let (keyword, arg) = match s.split_once(':') {
             Some((k, a)) => (k, Some(a)),
             None => (s, None),
@@ -285,7 +296,7 @@ impl FromStr for Framing {
             }
             ("delim", Some(arg)) if !arg.is_empty() => {
                 let delims = unescape_delimiters(arg).map_err(invalid)?;
-                Framing::delimiter(delims).map_err(invalid)
+                Framing::delimiter(delims).map_err(|e| invalid(e.0))
             }
             ("delim", _) => Err(invalid(
                 "delim needs at least one delimiter, as in delim:\\r\\n or delim:\\0".to_string(),
@@ -296,7 +307,7 @@ impl FromStr for Framing {
             )),
             ("fixed", Some(arg)) => {
                 let n = parse_num::<usize>(arg, "fixed frame size").map_err(invalid)?;
-                Framing::fixed(n).map_err(invalid)
+                Framing::fixed(n).map_err(|e| invalid(e.0))
             }
             ("fixed", None) => Err(invalid(
                 "fixed needs the frame size in bytes, as in fixed:64".to_string(),
@@ -335,7 +346,7 @@ fn parse_length(arg: &str) -> Result<Framing, String> {
             }
         }
     }
-    Framing::length(field)
+    Framing::length(field).map_err(|e| e.0)
 }
 
 /// Splits on unescaped `|` and decodes the escapes of the module docs.
@@ -497,8 +508,8 @@ mod tests {
         ];
         for (input, want) in cases {
             let err = input.parse::<Framing>().unwrap_err();
-            assert!(err.contains(want), "{input}: {err}");
-            assert!(!err.contains('\n'), "{input}: {err}");
+            assert!(err.to_string().contains(want), "{input}: {err}");
+            assert!(!err.to_string().contains('\n'), "{input}: {err}");
         }
     }
 
