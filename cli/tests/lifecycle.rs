@@ -458,10 +458,8 @@ fn stuck_handler_left_behind_pool() {
     stuck_handler_is_left_behind(POOL);
 }
 
-/// In async mode stream handlers run on tokio's blocking threads, and
-/// dropping a runtime waits for every blocking task: `AsyncEngine::stop`
-/// joins the loop threads (src/strategy/runtime.rs), each dropping its
-/// runtime, so `shutdown()` blocks until the stuck handler returns.
+/// Under the event-loop strategy a stream handler gets a thread of its own
+/// (as in threads mode): one that never returns must not hold `shutdown()`.
 #[test]
 fn stuck_handler_left_behind_async() {
     stuck_handler_is_left_behind(ASYNC);
