@@ -8,7 +8,7 @@
 //!   the writing. The fast path, and the one every engine runs natively.
 //!   On a datagram socket one datagram is one message and each reply one
 //!   datagram to its sender: this is also Python's `DatagramRequestHandler`.
-//! * [`AsyncStreamHandler`] — async code over an [`AsyncConnection`](crate::AsyncConnection).
+//! * [`AsyncStreamHandler`] — async code over an [`AsyncConnection`].
 //!
 //! Handlers are shared by every connection (`&self`), so they are
 //! `Send + Sync`; state for one connection lives in locals of `handle`

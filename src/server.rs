@@ -772,7 +772,7 @@ impl Server {
         self.drained = true;
         self.shared.begin_stop();
         self.engine.wake();
-        let deadline = Instant::now() + self.shared.grace();
+        let deadline = self.shared.drain_deadline();
         // Clients whose connection the kernel completed before the stop are
         // in the backlog: serve them like any draining connection rather
         // than reset them by closing the listener under them.

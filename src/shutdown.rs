@@ -255,6 +255,9 @@ pub(crate) struct Shared {
     pub(crate) wakers: Mutex<Vec<Waker>>,
     /// How long a drain may last before everything is cut.
     grace: Duration,
+    /// When the drain that has begun must end: set once, at the stop, and
+    /// read by everything that waits for it.
+    deadline: std::sync::OnceLock<Instant>,
     /// Set once the drain deadline's watchdog is running.
     watchdog: AtomicBool,
 }
@@ -272,6 +275,7 @@ impl Shared {
     pub(crate) fn new(grace: Duration) -> io::Result<Shared> {
         Ok(Shared {
             grace,
+            deadline: std::sync::OnceLock::new(),
             watchdog: AtomicBool::new(false),
             stop: Stop::new()?,
             tracker: Arc::new(Tracker::default()),
@@ -283,6 +287,7 @@ impl Shared {
 
     /// Stop accepting and drain.
     pub(crate) fn begin_stop(self: &Arc<Self>) {
+        let _ = self.deadline.set(Instant::now() + self.grace);
         if self.stop.raise(StopLevel::Draining) {
             self.start_watchdog();
         }
@@ -300,7 +305,7 @@ impl Shared {
         let spawned = std::thread::Builder::new()
             .name("sockserv-drain".into())
             .spawn(move || {
-                let deadline = Instant::now() + shared.grace;
+                let deadline = shared.drain_deadline();
                 loop {
                     if shared.tracker.wait_idle(Some(
                         deadline.min(Instant::now() + Duration::from_millis(100)),
@@ -321,9 +326,9 @@ impl Shared {
         }
     }
 
-    /// The drain's deadline from now, for the serving thread's wait.
-    pub(crate) fn grace(&self) -> Duration {
-        self.grace
+    /// The drain's one deadline (from the moment the stop began).
+    pub(crate) fn drain_deadline(&self) -> Instant {
+        *self.deadline.get_or_init(|| Instant::now() + self.grace)
     }
 
     /// Cut everything now: every tracked socket is shut down, so blocked
