@@ -350,11 +350,20 @@ fn refused(ctx: &Context, shared: &SharedListener, why: RefuseReason, peer: &Add
 /// Sends the limit message (best effort) and closes.
 fn refuse(stream: &Stream, ctx: &Context) {
     use std::io::Write;
+    let _ = stream.set_nonblocking(true);
     if let Some(msg) = &ctx.limits.limit_message {
-        let _ = stream.set_nonblocking(true);
         let _ = (&*stream).write(msg);
     }
     let _ = stream.shutdown(std::net::Shutdown::Write);
+    // Closing with unread input resets the connection, which can destroy
+    // the message before the client reads it: take what has arrived.
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match std::io::Read::read(&mut &*stream, &mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
 }
 
 /// Logs a recurring failure once per burst, counting the rest: a flood of

@@ -4,11 +4,10 @@
 //! here knows about engines, so no module imports its way back.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::addr::Address;
-use crate::config::{DrainPolicy, Limits, Timeouts};
-use crate::dgram::DatagramPolicy;
+use crate::config::{DatagramPolicy, DrainPolicy, Limits, Timeouts};
 use crate::frame::Framing;
 use crate::handler::{Handler, MessageHandler};
 use crate::hooks::Hooks;
@@ -35,10 +34,10 @@ impl Context {
     /// The per-connection settings of the pipeline.
     pub(crate) fn settings(&self) -> Settings {
         Settings {
-            idle: self.timeouts.idle,
-            read: self.timeouts.read,
-            write: self.timeouts.write,
-            linger: self.drain.linger,
+            idle: self.timeouts.idle.map(bounded),
+            read: self.timeouts.read.map(bounded),
+            write: self.timeouts.write.map(bounded),
+            linger: bounded(self.drain.linger),
             max_backlog: self.limits.max_backlog.max(1),
         }
     }
@@ -81,4 +80,10 @@ impl Context {
             self.shared.stop.is_stopping(),
         )
     }
+}
+
+/// A duration a clock can add without overflowing: at most a year (any
+/// longer timeout means "never" in practice).
+pub(crate) fn bounded(d: Duration) -> Duration {
+    d.min(Duration::from_secs(365 * 24 * 3600))
 }

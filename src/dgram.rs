@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::accept::Burst;
 use crate::addr::Address;
+use crate::config::DatagramPolicy;
 use crate::context::Context;
 use crate::handler::{Handler, Reply};
 use crate::hooks::{Failure, Hooks};
@@ -42,59 +43,6 @@ pub const MAX_DATAGRAM: usize = 65_535;
 /// sender's buffer, not by 64 KiB. Larger ones are detected, counted and
 /// dropped, never truncated.
 pub const MAX_UNIX_DATAGRAM: usize = 256 * 1024;
-
-/// Which datagrams the server answers at all.
-#[derive(Debug, Clone, Copy)]
-#[non_exhaustive]
-pub struct DatagramPolicy {
-    /// Replies per second to one source (a token bucket with a burst of
-    /// the same size); datagrams over it are dropped before the handler.
-    /// `None`: no limit. Default 100,000 (a client in a closed loop on
-    /// loopback makes about 40,000; loops between services are broken
-    /// first by the reflection check, see the module docs).
-    pub replies_per_source: Option<u32>,
-    /// Datagrams from UDP source ports below this are dropped (well-known
-    /// services that would answer back). 0 turns it off. Default 1024.
-    pub min_source_port: u16,
-    /// Drop a run of datagrams that are our own last reply coming straight
-    /// back (two services answering each other). Default on.
-    pub loop_guard: bool,
-}
-
-impl Default for DatagramPolicy {
-    fn default() -> Self {
-        DatagramPolicy {
-            replies_per_source: Some(100_000),
-            min_source_port: 1024,
-            loop_guard: true,
-        }
-    }
-}
-
-impl DatagramPolicy {
-    /// The defaults: 100,000 replies/s per source, no source port below 1024.
-    pub fn new() -> DatagramPolicy {
-        DatagramPolicy::default()
-    }
-
-    /// Sets [`replies_per_source`](Self::replies_per_source).
-    pub fn replies_per_source(mut self, per_second: Option<u32>) -> Self {
-        self.replies_per_source = per_second;
-        self
-    }
-
-    /// Sets [`loop_guard`](Self::loop_guard).
-    pub fn loop_guard(mut self, on: bool) -> Self {
-        self.loop_guard = on;
-        self
-    }
-
-    /// Sets [`min_source_port`](Self::min_source_port).
-    pub fn min_source_port(mut self, port: u16) -> Self {
-        self.min_source_port = port;
-        self
-    }
-}
 
 /// A bound datagram socket of either family.
 #[derive(Debug)]

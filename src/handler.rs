@@ -26,7 +26,7 @@ use crate::frame::{Codec, Encoder, FrameError};
 
 /// Any error a handler returns; reported through the server's
 /// `handle_error` hook.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub use crate::hooks::BoxError;
 
 /// What handler methods return.
 pub type HandlerResult = Result<(), BoxError>;

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use crate::addr::Address;
 use crate::frame::FrameError;
-use crate::handler::BoxError;
+
+/// Any error a handler returns.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Something that went wrong while serving one peer.
 #[derive(Debug)]
@@ -81,16 +83,29 @@ fn default_handle_error(peer: &Address, failure: &Failure) {
 }
 
 impl Hooks {
+    /// `verify_request`; one that panics refuses the peer (and the panic
+    /// is reported), it never unwinds through the server.
     #[inline]
     pub(crate) fn verify(&self, peer: &Address) -> bool {
         match &self.verify_request {
-            Some(f) => f(peer),
+            Some(f) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(peer))) {
+                Ok(ok) => ok,
+                Err(p) => {
+                    self.error(peer, Failure::from_panic(p));
+                    false
+                }
+            },
             None => true,
         }
     }
 
+    /// `handle_error`; one that panics is logged, never unwinds through the
+    /// server.
     #[inline]
     pub(crate) fn error(&self, peer: &Address, failure: Failure) {
-        (self.handle_error)(peer, &failure);
+        let hook = std::panic::AssertUnwindSafe(|| (self.handle_error)(peer, &failure));
+        if std::panic::catch_unwind(hook).is_err() {
+            tracing::error!(%peer, "the handle_error hook panicked (on: {failure})");
+        }
     }
 }

@@ -81,9 +81,9 @@ mod tracker;
 pub use addr::{Address, Endpoint, Transport};
 pub use async_conn::AsyncConnection;
 pub use client::Client;
-pub use config::{DrainPolicy, Limits, OverLimit, Timeouts};
+pub use config::{DatagramPolicy, DrainPolicy, Limits, OverLimit, Timeouts};
 pub use conn::Connection;
-pub use dgram::{DatagramPolicy, MAX_DATAGRAM, MAX_UNIX_DATAGRAM};
+pub use dgram::{MAX_DATAGRAM, MAX_UNIX_DATAGRAM};
 pub use error::Error;
 pub use handler::{
     AsyncStreamHandler, Handler, HandlerResult, MessageHandler, Reply, StreamHandler,

@@ -16,11 +16,24 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::pipeline::{Conn, Phase};
+use crate::addr::Address;
 use crate::stats::{
     errno_name, ClosedConnection, ConnState, ConnectionInfo, Counters, End, Histogram,
     RefuseReason, HANDLER_DURATION_BOUNDS,
 };
+
+/// What a session has done so far.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counts {
+    /// Frames handed to the handler.
+    pub(crate) frames: u64,
+    /// Replies the handler sent.
+    pub(crate) replies: u64,
+    /// Oversized frames reported.
+    pub(crate) oversize: u64,
+    pub(crate) errors: u64,
+    pub(crate) panics: u64,
+}
 
 /// Closed connections remembered for the status page.
 pub(crate) const CLOSED_KEPT: usize = 1_000;
@@ -81,27 +94,36 @@ impl ConnMeter {
         }
     }
 
-    /// Copies a framed connection's numbers (by its serving thread).
+    /// Stores a connection's numbers (by the thread that serves it: plain
+    /// relaxed stores, nobody else writes them).
+    #[allow(clippy::too_many_arguments)]
     #[inline]
-    pub(crate) fn publish(&self, conn: &Conn) {
-        let (bytes_in, bytes_out) = conn.bytes();
+    pub(crate) fn store(
+        &self,
+        bytes: (u64, u64),
+        c: Counts,
+        last_input: Instant,
+        state: ConnState,
+        end: Option<End>,
+        proxied: Option<&Address>,
+    ) {
         let r = Ordering::Relaxed;
-        self.bytes_in.store(bytes_in, r);
-        self.bytes_out.store(bytes_out, r);
-        let c = conn.counts();
+        self.bytes_in.store(bytes.0, r);
+        self.bytes_out.store(bytes.1, r);
         self.frames_in.store(c.frames, r);
         self.frames_out.store(c.replies, r);
         self.oversize.store(c.oversize, r);
         self.errors.store(c.errors, r);
         self.panics.store(c.panics, r);
-        let since = conn.last_input().saturating_duration_since(self.started);
+        let since = last_input.saturating_duration_since(self.started);
         self.last_input_us.store(since.as_micros() as u64, r);
-        self.state.store(state_of(conn) as u8, r);
-        if let Some(end) = conn.end() {
+        let code = STATES.iter().position(|s| *s == state).unwrap_or(0);
+        self.state.store(code as u8, r);
+        if let Some(end) = end {
             self.end.store(end_code(end), r);
         }
         if self.proxied.get().is_none() {
-            if let Some(p) = conn.proxied_peer() {
+            if let Some(p) = proxied {
                 let _ = self.proxied.set(p.to_string());
             }
         }
@@ -197,16 +219,6 @@ const STATES: [ConnState; 5] = [
     ConnState::Draining,
     ConnState::Lingering,
 ];
-
-fn state_of(conn: &Conn) -> usize {
-    match conn.phase() {
-        Phase::Draining { .. } => 3,
-        Phase::Lingering { .. } => 4,
-        _ if conn.we_closed() => 2,
-        _ if conn.peer_closed() => 1,
-        _ => 0,
-    }
-}
 
 const END_UNSET: u8 = u8::MAX;
 const ENDS: [End; 14] = [

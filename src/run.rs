@@ -8,11 +8,12 @@ use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
+use crate::accept::Admitted;
 use crate::conn::Connection;
 use crate::context::Context;
+use crate::dgram::DatagramJob;
 use crate::handler::{Handler, StreamHandler};
 use crate::hooks::Failure;
-use crate::strategy::Work;
 
 /// Runs one connection or datagram to completion.
 pub(crate) fn run_work(work: Work, ctx: &Arc<Context>) {
@@ -26,7 +27,7 @@ pub(crate) fn run_work(work: Work, ctx: &Arc<Context>) {
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(crate::async_conn::serve(conn, &**h, ctx)),
+                    Ok(rt) => rt.block_on(serve_async(conn, &**h, ctx)),
                     Err(e) => ctx.hooks.error(&conn.peer, Failure::Io(e)),
                 }
             }
@@ -69,4 +70,65 @@ fn run_stream(mut conn: Connection, handler: &dyn StreamHandler, ctx: &Context) 
         guarded(ctx, &mut conn, |c| handler.finish(c));
     }
     conn.linger_close();
+}
+
+/// One unit of work the serving thread hands to an engine.
+pub(crate) enum Work {
+    /// An accepted, verified stream connection.
+    Conn(Admitted),
+    /// One received datagram.
+    Datagram(DatagramJob),
+}
+
+/// Runs an async stream handler on the current runtime, containing its
+/// errors and panics like every other handler's.
+pub(crate) async fn serve_async(
+    conn: crate::accept::Admitted,
+    handler: &dyn crate::handler::DynAsyncStreamHandler,
+    ctx: &crate::context::Context,
+) {
+    use crate::hooks::Failure;
+    use crate::socket::Stream;
+    use futures_util::FutureExt;
+    use std::panic::AssertUnwindSafe;
+    let crate::accept::Admitted {
+        guard,
+        stream,
+        peer,
+        ..
+    } = conn;
+    // The conversion closes the socket if it fails: unregister it first so a
+    // forced stop cannot touch a closed (and maybe reused) descriptor.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    guard.set_socket(None);
+    let converted = match stream {
+        Stream::Tcp(s) => {
+            tokio::net::TcpStream::from_std(s).map(crate::async_conn::AsyncStream::Tcp)
+        }
+        Stream::Unix(s) => {
+            tokio::net::UnixStream::from_std(s).map(crate::async_conn::AsyncStream::Unix)
+        }
+    };
+    let stream = match converted {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.hooks.error(&peer, Failure::Io(e));
+            return;
+        }
+    };
+    guard.set_socket(Some(fd));
+    let conn = crate::async_conn::AsyncConnection::new(
+        guard,
+        stream,
+        peer.clone(),
+        Arc::clone(&ctx.shared),
+    );
+    match AssertUnwindSafe(handler.handle_boxed(conn))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => ctx.hooks.error(&peer, Failure::Handler(e)),
+        Err(p) => ctx.hooks.error(&peer, Failure::from_panic(p)),
+    }
 }

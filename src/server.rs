@@ -26,9 +26,10 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::accept::{Accepted, Acceptor, SharedListener, StreamListener};
 use crate::addr::{Address, Endpoint};
+use crate::config::DatagramPolicy;
 use crate::config::{DrainPolicy, Limits, Timeouts};
 use crate::context::Context;
-use crate::dgram::{DatagramPolicy, DgramServer, DgramSocket};
+use crate::dgram::{DgramServer, DgramSocket};
 use crate::driver::event_loop::EventLoops;
 use crate::error::Error;
 use crate::frame::Framing;
@@ -321,7 +322,7 @@ impl Builder {
             listeners.push(socket::bind(ep, &self.options)?);
         }
         let shared = Arc::new(
-            Shared::new(self.drain.grace)
+            Shared::new(crate::context::bounded(self.drain.grace))
                 .map_err(|e| Error::socket("cannot create the stop signal", e))?,
         );
         let ctx = Arc::new(Context {
@@ -779,6 +780,8 @@ impl Server {
         for i in 0..self.sources.len() {
             self.sweep(i);
         }
+        self.engine
+            .wait_swept(deadline.min(Instant::now() + Duration::from_secs(1)));
         for s in self.sources.drain(..) {
             let fd = match &s {
                 Source::Stream(l, _) => l.listener.raw_fd(),
@@ -858,14 +861,10 @@ impl crate::admin::Source for AdminSource {
     fn snapshot(&self, detail: &crate::admin::Detail) -> crate::stats::Snapshot {
         self.0
             .tracker
-            .snapshot(self.0.stop.level(), detail.connections, detail.closed)
+            .snapshot(self.0.stop.serve_state(), detail.connections, detail.closed)
     }
 
     fn state(&self) -> crate::stats::ServeState {
-        match self.0.stop.level() {
-            crate::shutdown::StopLevel::Running => crate::stats::ServeState::Running,
-            crate::shutdown::StopLevel::Draining => crate::stats::ServeState::Draining,
-            crate::shutdown::StopLevel::Forced => crate::stats::ServeState::Forced,
-        }
+        self.0.stop.serve_state()
     }
 }

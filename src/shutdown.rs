@@ -186,6 +186,15 @@ impl Stop {
         }
     }
 
+    /// The state as the status page names it.
+    pub(crate) fn serve_state(&self) -> crate::stats::ServeState {
+        match self.level() {
+            StopLevel::Running => crate::stats::ServeState::Running,
+            StopLevel::Draining => crate::stats::ServeState::Draining,
+            StopLevel::Forced => crate::stats::ServeState::Forced,
+        }
+    }
+
     /// True from the moment a drain starts.
     #[inline]
     pub(crate) fn is_stopping(&self) -> bool {
@@ -241,10 +250,7 @@ pub struct ShutdownHandle {
     pub(crate) shared: Arc<Shared>,
 }
 
-/// Wakes one part of a running server (its accept loop, its event loops).
-/// A waker must never own the server's configuration (that would be a
-/// reference cycle through `Shared`).
-pub(crate) type Waker = Box<dyn Fn() + Send + Sync>;
+pub(crate) use crate::tracker::Waker;
 
 /// State shared by a server, its engines and its handles.
 pub(crate) struct Shared {
@@ -429,7 +435,7 @@ impl ShutdownHandle {
     pub fn snapshot(&self, connections: usize, closed: usize) -> crate::stats::Snapshot {
         self.shared
             .tracker
-            .snapshot(self.shared.stop.level(), connections, closed)
+            .snapshot(self.shared.stop.serve_state(), connections, closed)
     }
 
     /// Number of connections (and datagram jobs) currently being served.
@@ -538,6 +544,14 @@ impl Drop for StopWait {
 /// handler holds forever must not hold the shutdown. Returns how many were
 /// left behind (detached).
 pub(crate) fn join_until(threads: Vec<std::thread::JoinHandle<()>>, deadline: Instant) -> usize {
+    join_until_all(threads, deadline).len()
+}
+
+/// [`join_until`], returning the threads still running at the deadline.
+pub(crate) fn join_until_all(
+    threads: Vec<std::thread::JoinHandle<()>>,
+    deadline: Instant,
+) -> Vec<std::thread::JoinHandle<()>> {
     let mut pending = threads;
     while !pending.is_empty() && Instant::now() < deadline {
         pending.retain(|t| !t.is_finished());
@@ -547,5 +561,5 @@ pub(crate) fn join_until(threads: Vec<std::thread::JoinHandle<()>>, deadline: In
             std::thread::sleep(Duration::from_millis(2));
         }
     }
-    pending.len()
+    pending
 }

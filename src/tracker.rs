@@ -10,7 +10,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::meter::{ConnMeter, Meters};
-use crate::shutdown::{StopLevel, Waker};
+
+/// Wakes one part of a running server (its accept loop, its event loops).
+/// A waker must never own the server's configuration (that would be a
+/// reference cycle through the shared state).
+pub(crate) type Waker = Box<dyn Fn() + Send + Sync>;
 use crate::stats::{ServeState, Snapshot};
 
 /// Counts the connections (and datagram jobs) in flight and knows their
@@ -96,14 +100,15 @@ impl Tracker {
     }
 
     /// What the server can tell about itself now.
-    pub(crate) fn snapshot(&self, level: StopLevel, connections: usize, closed: usize) -> Snapshot {
+    pub(crate) fn snapshot(
+        &self,
+        state: ServeState,
+        connections: usize,
+        closed: usize,
+    ) -> Snapshot {
         let now = Instant::now();
         let mut snap = Snapshot {
-            state: match level {
-                StopLevel::Running => ServeState::Running,
-                StopLevel::Draining => ServeState::Draining,
-                StopLevel::Forced => ServeState::Forced,
-            },
+            state,
             ..Snapshot::default()
         };
         let Some(meters) = self.meters.get() else {

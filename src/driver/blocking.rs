@@ -71,7 +71,7 @@ fn drive(
     let mut seen = StopLevel::Running;
     loop {
         if let Some(m) = meter {
-            m.publish(conn);
+            conn.publish(m);
         }
         let now = Instant::now();
         let level = stop.level();
@@ -125,7 +125,12 @@ fn drive(
                 let left = deadline.map(|d| d.saturating_duration_since(now));
                 match wait_fd(stream.as_raw_fd(), events, Some(stop.signal(signal)), left) {
                     Ok(Wake::Ready) | Ok(Wake::Signal) => {}
-                    Ok(Wake::Timeout) => conn.timeout(Instant::now(), &c),
+                    Ok(Wake::Timeout) => {
+                        if conn.is_lingering() {
+                            conn.unacked(super::unacked(stream.as_raw_fd()));
+                        }
+                        conn.timeout(Instant::now(), &c)
+                    }
                     Err(e) => conn.failed(e, &c),
                 }
             }

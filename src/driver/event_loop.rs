@@ -28,10 +28,11 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
+pub(crate) use super::mailbox::{Mailbox, Msg};
 use crate::accept::{Accepted, Acceptor, SharedListener};
 use crate::context::Context;
 use crate::dgram::{DgramServer, DgramSocket};
-use crate::pipeline::{Conn, Next, Offload};
+use crate::pipeline::{Conn, Next};
 use crate::shutdown::StopLevel;
 use crate::socket::Stream;
 use crate::strategy::pool::Workers;
@@ -56,42 +57,12 @@ const MAX_SOCKETS: usize = 1024;
 const LISTENER_BASE: usize = usize::MAX - 16;
 const DGRAM_BASE: usize = LISTENER_BASE - MAX_SOCKETS;
 
-/// Messages to a loop from other threads.
-pub(crate) enum Msg {
-    /// A worker finished with a connection's session.
-    Done {
-        slot: usize,
-        gen: u32,
-        work: Box<Offload>,
-    },
-    /// Leave now (the engine is dropped).
-    Quit,
-}
-
-/// How other threads reach one loop.
-pub(crate) struct Mailbox {
-    items: Mutex<Vec<Msg>>,
-    waker: mio::Waker,
-}
-
-impl Mailbox {
-    pub(crate) fn send(&self, msg: Msg) {
-        self.items
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(msg);
-        let _ = self.waker.wake();
-    }
-
-    fn wake(&self) {
-        let _ = self.waker.wake();
-    }
-}
-
 /// A set of event loops: the engine of the event-loop and pool strategies.
 pub(crate) struct EventLoops {
     mailboxes: Vec<Arc<Mailbox>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Loops that have taken their listeners' backlog at the drain.
+    swept: Arc<(Mutex<usize>, std::sync::Condvar)>,
 }
 
 impl EventLoops {
@@ -110,6 +81,7 @@ impl EventLoops {
         let mut set = EventLoops {
             mailboxes: Vec::new(),
             threads: Mutex::new(Vec::new()),
+            swept: Arc::new((Mutex::new(0), std::sync::Condvar::new())),
         };
         let mut prepared = Vec::new();
         for i in 0..loops {
@@ -154,7 +126,7 @@ impl EventLoops {
             // limit wakes the loops (the waker holds no configuration).
             let m = Arc::clone(&mailbox);
             ctx.shared.tracker.on_free(Box::new(move || m.wake()));
-            let state = Loop::new(
+            let mut state = Loop::new(
                 Arc::clone(ctx),
                 poll,
                 mailbox,
@@ -162,6 +134,7 @@ impl EventLoops {
                 mine,
                 workers.clone(),
             );
+            state.swept = Some(Arc::clone(&set.swept));
             let spawned = std::thread::Builder::new()
                 .name(format!("sockserv-loop-{i}"))
                 .spawn(move || {
@@ -182,6 +155,24 @@ impl EventLoops {
         Ok(set)
     }
 
+    /// Waits (until `deadline`) for every loop to have accepted its
+    /// listeners' backlog after the stop, so the drain counts those
+    /// connections too.
+    pub(crate) fn wait_swept(&self, deadline: Instant) {
+        let (count, cv) = &*self.swept;
+        let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+        while *n < self.mailboxes.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            n = cv
+                .wait_timeout(n, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
     /// Waits for the loops to finish (they do once their connections have
     /// closed after a stop), but not past `deadline`: a handler that blocks
     /// its loop forever must not hold the shutdown. Such a loop is left
@@ -193,10 +184,15 @@ impl EventLoops {
             .unwrap_or_else(|p| p.into_inner())
             .drain(..)
             .collect();
+        // The loops leave by themselves once their connections are done;
+        // only those still running at the deadline are told to quit (which
+        // closes what they hold).
+        let pending = crate::shutdown::join_until_all(pending, deadline);
         for m in &self.mailboxes {
             m.send(Msg::Quit);
         }
-        let left = crate::shutdown::join_until(pending, deadline);
+        let left =
+            crate::shutdown::join_until(pending, Instant::now() + Duration::from_millis(100));
         if left > 0 {
             tracing::warn!("{left} event loop(s) blocked by a handler were left behind");
         }
@@ -275,6 +271,8 @@ struct Loop {
     accept_again: Vec<usize>,
     dgram_again: Vec<usize>,
     scratch: Vec<u8>,
+    /// Told once this loop has taken its backlog at the drain.
+    swept: Option<Arc<(Mutex<usize>, std::sync::Condvar)>>,
     level: StopLevel,
     now: Instant,
     quit: bool,
@@ -314,6 +312,7 @@ impl Loop {
             accept_again: Vec::new(),
             dgram_again: Vec::new(),
             scratch: vec![0u8; SCRATCH],
+            swept: None,
             level: StopLevel::Running,
             now: Instant::now(),
             quit: false,
@@ -512,7 +511,7 @@ impl Loop {
     fn remove(&mut self, slot: usize) {
         if let Some(e) = self.slots[slot].take() {
             if let Some(m) = e.guard.meter() {
-                m.publish(&e.conn);
+                e.conn.publish(m);
             }
             let _ = self
                 .poll
@@ -532,7 +531,7 @@ impl Loop {
         self.drive_io(slot, gen);
         if let Some(Some(e)) = self.slots.get(slot) {
             if let Some(m) = e.guard.meter() {
-                m.publish(&e.conn);
+                e.conn.publish(m);
             }
         }
     }
@@ -585,6 +584,12 @@ impl Loop {
                 },
                 Next::Read => {
                     if drained {
+                        if e.conn.is_lingering() {
+                            e.conn.unacked(super::unacked(e.sock.as_raw_fd()));
+                            if e.conn.next() == Next::Close {
+                                continue;
+                            }
+                        }
                         self.wait(slot);
                         return;
                     }
@@ -651,6 +656,15 @@ impl Loop {
 
     fn fire_timers(&mut self) {
         let now = self.now;
+        // Entries of closed connections are dropped lazily; a peer that
+        // churns connections under a long idle timeout must not grow the
+        // heap: rebuild it when most of it is stale.
+        if self.timers.len() > 2 * self.live + 1024 {
+            let slots = &self.slots;
+            self.timers.retain(|Reverse((t, slot, gen))| {
+                matches!(slots.get(*slot), Some(Some(e)) if e.gen == *gen && e.timer == Some(*t))
+            });
+        }
         while let Some(Reverse((t, slot, gen))) = self.timers.peek().copied() {
             if t > now {
                 break;
@@ -667,6 +681,9 @@ impl Loop {
                 continue;
             }
             e.timer = None;
+            if e.conn.is_lingering() {
+                e.conn.unacked(super::unacked(e.sock.as_raw_fd()));
+            }
             if e.conn.deadline().is_some_and(|d| d <= now) {
                 e.conn.timeout(now, &ctx.ctx(handler));
             }
@@ -725,6 +742,10 @@ impl Loop {
                     .poll
                     .registry()
                     .deregister(&mut SourceFd(&d.socket.as_raw_fd()));
+            }
+            if let Some(swept) = &self.swept {
+                *swept.0.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                swept.1.notify_all();
             }
         }
         let forced = level == StopLevel::Forced;

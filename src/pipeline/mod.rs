@@ -38,9 +38,11 @@ use std::time::{Duration, Instant};
 
 use crate::addr::Address;
 use crate::hooks::Failure;
+pub(crate) use crate::meter::Counts;
+use crate::stats::ConnState;
 pub(crate) use crate::stats::End;
 use layer::{Layer, LayerIo};
-pub(crate) use session::{Counts, Ctx, Flow, Session};
+pub(crate) use session::{Ctx, Flow, Session};
 
 /// The most a lingering close (or a drain) reads and discards before it
 /// gives up: enough to absorb requests in flight, not enough to let a peer
@@ -607,7 +609,7 @@ impl Conn {
                     self.phase = Phase::Closing;
                 }
             }
-            Phase::Draining { until, .. } if until <= now => {
+            Phase::Draining { until, .. } if until <= now && self.session.is_some() => {
                 // Everything that had arrived is answered.
                 self.end.get_or_insert(End::ServerClosed);
                 self.phase = Phase::Closing;
@@ -688,25 +690,14 @@ impl Conn {
     }
 
     /// Why the connection ended (once [`Next::Close`]).
+    #[cfg(test)]
     pub(crate) fn end(&self) -> Option<End> {
         self.end
     }
 
+    #[cfg(test)]
     pub(crate) fn phase(&self) -> Phase {
         self.phase
-    }
-
-    pub(crate) fn peer_closed(&self) -> bool {
-        self.peer_closed
-    }
-
-    pub(crate) fn we_closed(&self) -> bool {
-        self.we_closed
-    }
-
-    /// Bytes read and written so far.
-    pub(crate) fn bytes(&self) -> (u64, u64) {
-        (self.bytes_in, self.bytes_out)
     }
 
     /// Frames handled so far.
@@ -727,6 +718,27 @@ impl Conn {
         }
     }
 
+    /// Copies this connection's numbers into its meter (for the status
+    /// page and the metrics; a few relaxed stores).
+    #[inline]
+    pub(crate) fn publish(&self, meter: &crate::meter::ConnMeter) {
+        let state = match self.phase {
+            Phase::Draining { .. } => ConnState::Draining,
+            Phase::Lingering { .. } => ConnState::Lingering,
+            _ if self.we_closed => ConnState::WeHalfClosed,
+            _ if self.peer_closed => ConnState::PeerHalfClosed,
+            _ => ConnState::Established,
+        };
+        meter.store(
+            (self.bytes_in, self.bytes_out),
+            self.counts(),
+            self.last_input,
+            state,
+            self.end,
+            self.proxied_peer(),
+        );
+    }
+
     /// The peer as a layer (the PROXY header) named it, once it has.
     pub(crate) fn proxied_peer(&self) -> Option<&Address> {
         if self.proxied {
@@ -734,10 +746,6 @@ impl Conn {
         } else {
             None
         }
-    }
-
-    pub(crate) fn last_input(&self) -> Instant {
-        self.last_input
     }
 }
 
@@ -769,6 +777,11 @@ pub(crate) struct Offload {
 }
 
 impl Offload {
+    /// The worker failed outside the handler: the connection closes.
+    pub(crate) fn fail(&mut self) {
+        self.flow = Flow::Close;
+    }
+
     /// Runs the handler on the input (on the worker's thread).
     pub(crate) fn run(&mut self, ctx: &Ctx<'_>) {
         let input = std::mem::take(&mut self.input);

@@ -16,7 +16,7 @@ use crate::addr::Address;
 use crate::frame::{Codec, Decoded, Decoder, FrameError, Framing, OnOversize};
 use crate::handler::{MessageHandler, Reply};
 use crate::hooks::{Failure, Hooks};
-use crate::meter::ListenerMeter;
+use crate::meter::{Counts, ListenerMeter};
 
 /// What the connection should do after a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,19 +50,6 @@ pub(crate) struct Session {
     /// Times each handler call into this histogram (when the admin
     /// endpoint asks for it).
     timing: Option<Arc<ListenerMeter>>,
-}
-
-/// What a session has done so far.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Counts {
-    /// Frames handed to the handler.
-    pub(crate) frames: u64,
-    /// Replies the handler sent.
-    pub(crate) replies: u64,
-    /// Oversized frames reported.
-    pub(crate) oversize: u64,
-    pub(crate) errors: u64,
-    pub(crate) panics: u64,
 }
 
 impl Session {

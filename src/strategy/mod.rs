@@ -18,11 +18,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::accept::Admitted;
 use crate::context::Context;
-use crate::dgram::DatagramJob;
 use crate::driver::event_loop::EventLoops;
 use crate::handler::Handler;
+pub(crate) use crate::run::Work;
 
 /// How a server runs its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -159,14 +158,6 @@ impl FromStr for Strategy {
     }
 }
 
-/// One unit of work the serving thread hands to an engine.
-pub(crate) enum Work {
-    /// An accepted, verified stream connection.
-    Conn(Admitted),
-    /// One received datagram.
-    Datagram(DatagramJob),
-}
-
 /// Where work runs. The event-loop engine accepts by itself and is
 /// handed nothing.
 pub(crate) enum Engine {
@@ -202,6 +193,14 @@ impl Engine {
     /// True when the engine accepts from the listeners itself.
     pub(crate) fn accepts_itself(&self) -> bool {
         matches!(self, Engine::Loops { .. })
+    }
+
+    /// At the drain: waits (until `deadline`) for the engine to have taken
+    /// the listen backlog (event loops do it themselves).
+    pub(crate) fn wait_swept(&self, deadline: Instant) {
+        if let Engine::Loops { loops, .. } = self {
+            loops.wait_swept(deadline);
+        }
     }
 
     /// The server is stopping: wake anything waiting inside the engine.

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crate::accept::Burst;
 use crate::context::Context;
 use crate::dgram::DgramServer;
-use crate::driver::event_loop::{Mailbox, Msg};
+use crate::driver::mailbox::{Mailbox, Msg};
 use crate::pipeline::Offload;
 
 /// One job: runs on a worker with the server's context.
@@ -124,7 +124,12 @@ impl Workers {
         let mailbox = Arc::clone(mailbox);
         self.push(Box::new(move |ctx: &Arc<Context>| {
             if let Some(handler) = ctx.message_handler() {
-                work.run(&ctx.ctx(handler));
+                // The session catches the handler's panics; this catches the
+                // rest, so the connection always goes back to its loop.
+                let run = std::panic::AssertUnwindSafe(|| work.run(&ctx.ctx(handler)));
+                if std::panic::catch_unwind(run).is_err() {
+                    work.fail();
+                }
             }
             mailbox.send(Msg::Done {
                 slot,

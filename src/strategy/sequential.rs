@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use super::Work;
 use crate::context::Context;
 use crate::run;
+use crate::run::Work;
 
 #[derive(Default)]
 pub(crate) struct Sequential;

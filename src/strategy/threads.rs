@@ -8,10 +8,10 @@
 
 use std::sync::Arc;
 
-use super::Work;
 use crate::accept::Burst;
 use crate::context::Context;
 use crate::run;
+use crate::run::Work;
 
 #[derive(Default)]
 pub(crate) struct Threads {

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use super::Work;
 use crate::context::Context;
 use crate::handler::Handler;
+use crate::run::Work;
 
 pub(crate) struct TokioEngine {
     rt: std::sync::Mutex<Option<tokio::runtime::Runtime>>,
@@ -32,7 +32,7 @@ impl TokioEngine {
         let h = Arc::clone(h);
         let ctx = Arc::clone(ctx);
         if let Some(rt) = &*self.rt.lock().unwrap_or_else(|p| p.into_inner()) {
-            rt.spawn(async move { crate::async_conn::serve(conn, &*h, &ctx).await });
+            rt.spawn(async move { crate::run::serve_async(conn, &*h, &ctx).await });
         }
     }
 

@@ -15,7 +15,7 @@ use sockserv::addr::Endpoint;
 use sockserv::frame::Framing;
 
 use super::payloads::Payloads;
-use super::report::describe;
+use crate::error::describe;
 
 /// The largest UDP payload IPv4 can carry (65,535 − 8 − 20).
 pub(super) const MAX_UDP_PAYLOAD: usize = 65_507;
