@@ -229,16 +229,7 @@ impl Acceptor {
         self.retry_at = None;
         self.error_burst = 0;
         self.backoff = Duration::ZERO;
-        if at_limit {
-            tracing::info!(
-                "refused a connection: at the limit of {} connections",
-                limits.max_connections.unwrap_or(0)
-            );
-            refuse(&stream, ctx);
-            refused(ctx, shared, RefuseReason::Limit, &peer);
-            return Accepted::Refused;
-        }
-        match admit(stream, peer, shared, ctx) {
+        match admit(stream, peer, at_limit, shared, ctx) {
             Some(a) => Accepted::Conn(a),
             None => Accepted::Refused,
         }
@@ -264,15 +255,36 @@ impl Acceptor {
     }
 }
 
-/// The gate after accept: per-IP limit, `verify_request`, registration.
+/// The gate after accept: the access rules and the rate limit (closed at
+/// once, not a byte sent), the connection limit and the per-IP limit (sent
+/// the limit message), `verify_request`, registration.
 fn admit(
     stream: Stream,
     peer: Address,
+    at_limit: bool,
     shared: &SharedListener,
     ctx: &Context,
 ) -> Option<Admitted> {
     let listener = &shared.listener;
     let limits = &ctx.limits;
+    if let Err(why) = ctx.access.check(&peer) {
+        let why = match why {
+            crate::rules::Refusal::Rule => RefuseReason::Rule,
+            crate::rules::Refusal::Rate => RefuseReason::Rate,
+        };
+        refused(ctx, shared, why, &peer);
+        // Dropping the stream closes it: nothing was written.
+        return None;
+    }
+    if at_limit {
+        tracing::info!(
+            "refused a connection: at the limit of {} connections",
+            limits.max_connections.unwrap_or(0)
+        );
+        refuse(&stream, ctx);
+        refused(ctx, shared, RefuseReason::Limit, &peer);
+        return None;
+    }
     if let (Some(max), Some(ip)) = (limits.max_connections_per_ip, peer.ip()) {
         let open = ctx.shared.tracker.connections_from(ip);
         if open >= max {

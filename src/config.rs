@@ -30,6 +30,14 @@ pub struct Limits {
     /// unfinished frame (at most the maximum frame), this bounds what one
     /// peer can make the server hold. Default 1 MiB.
     pub max_backlog: usize,
+    /// New connections from one IP address, at most: a token bucket per
+    /// source whose burst is the rate's count. Over it a connection is
+    /// closed at once without a byte sent and counted as
+    /// [`RefuseReason::Rate`](crate::stats::RefuseReason::Rate); other
+    /// sources are served as before. At most 65,536 sources are
+    /// remembered (idle ones are forgotten first). Unix-socket peers are
+    /// not limited.
+    pub max_conn_rate: Option<crate::Rate>,
 }
 
 impl Default for Limits {
@@ -40,6 +48,7 @@ impl Default for Limits {
             over_limit: OverLimit::Wait,
             limit_message: None,
             max_backlog: 1024 * 1024,
+            max_conn_rate: None,
         }
     }
 }
@@ -71,6 +80,12 @@ impl Limits {
     /// Sets [`limit_message`](Self::limit_message).
     pub fn limit_message(mut self, msg: impl Into<Vec<u8>>) -> Self {
         self.limit_message = Some(msg.into());
+        self
+    }
+
+    /// Sets [`max_conn_rate`](Self::max_conn_rate).
+    pub fn max_conn_rate(mut self, rate: crate::Rate) -> Self {
+        self.max_conn_rate = Some(rate);
         self
     }
 

@@ -487,6 +487,9 @@ impl DgramServer {
         ctx: &Context,
         now: Instant,
     ) -> Result<(), Dropped> {
+        if peer.ip().is_some_and(|ip| !ctx.access.allows(ip)) {
+            return Err(Dropped::Refused);
+        }
         if !ctx.hooks.verify(peer) {
             return Err(Dropped::Refused);
         }

@@ -70,6 +70,8 @@ mod meter;
 mod mmsg;
 mod pipeline;
 mod proxy;
+mod rate;
+pub mod rules;
 mod run;
 mod server;
 mod shutdown;
@@ -90,6 +92,8 @@ pub use handler::{
 };
 pub use hooks::Failure;
 pub use proxy::Versions as ProxyVersions;
+pub use rate::{ParseRateError, Rate};
+pub use rules::{Rules, RulesHandle};
 pub use server::{Builder, Handled, IntoEndpoint, Server};
 pub use shutdown::ShutdownHandle;
 pub use socket::SocketOptions;

@@ -71,6 +71,7 @@ pub struct Builder {
     datagrams: DatagramPolicy,
     blocking: bool,
     proxy: Option<crate::proxy::Versions>,
+    rules: crate::Rules,
     /// Time every handler call (for the handler-duration histogram).
     timing: bool,
     #[cfg(feature = "admin")]
@@ -94,6 +95,7 @@ impl Default for Builder {
             datagrams: DatagramPolicy::default(),
             blocking: false,
             proxy: None,
+            rules: crate::Rules::new(),
             timing: false,
             #[cfg(feature = "admin")]
             admin: None,
@@ -179,6 +181,13 @@ impl Builder {
     /// Socket options for every listener.
     pub fn socket_options(mut self, options: SocketOptions) -> Self {
         self.options = options;
+        self
+    }
+
+    /// Which source addresses are served (see [`rules`](crate::rules));
+    /// [`Server::rules_handle`] replaces them while serving.
+    pub fn rules(mut self, rules: crate::Rules) -> Self {
+        self.rules = rules;
         self
     }
 
@@ -325,7 +334,9 @@ impl Builder {
             Shared::new(crate::context::bounded(self.drain.grace))
                 .map_err(|e| Error::socket("cannot create the stop signal", e))?,
         );
+        let access = crate::rules::Access::new(self.rules, self.limits.max_conn_rate);
         let ctx = Arc::new(Context {
+            access,
             handler,
             framing: self.framing,
             hooks: self.hooks,
@@ -603,6 +614,12 @@ impl Server {
     #[cfg(feature = "admin")]
     pub fn admin_url(&self) -> Option<String> {
         self.admin.as_ref().map(|a| a.url())
+    }
+
+    /// A handle that replaces this server's access rules from any thread,
+    /// without dropping a connection.
+    pub fn rules_handle(&self) -> crate::RulesHandle {
+        self.ctx.access.handle()
     }
 
     /// A handle that stops this server from any thread.

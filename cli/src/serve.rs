@@ -3,11 +3,14 @@
 use std::io::Write;
 use std::time::Duration;
 
+use std::path::{Path, PathBuf};
+
 use clap::Args;
 use sockserv::frame::{Framing, OnOversize};
+use sockserv::rules::IpNet;
 use sockserv::{
-    DrainPolicy, Endpoint, Limits, OverLimit, ProxyVersions, Server, SocketOptions, Strategy,
-    Timeouts,
+    DrainPolicy, Endpoint, Limits, OverLimit, ProxyVersions, Rate, Rules, Server, SocketOptions,
+    Strategy, Timeouts,
 };
 
 use crate::builtin::Builtin;
@@ -23,12 +26,27 @@ use crate::util::{parse_duration, parse_positive_duration};
   sockserv serve --dual-stack tcp://[::]:9000      # IPv6 and IPv4 on one socket
   sockserv serve --admin 127.0.0.1:9100            # metrics, health and a live status page
   sockserv serve --proxy-protocol v2 --framing line 127.0.0.1:7000   # behind HAProxy (send-proxy-v2)
+  sockserv serve --allow 10.0.0.0/8 --deny 10.99.0.0/16 0.0.0.0:9000  # only 10/8, not 10.99/16
+  sockserv serve --rules /etc/sockserv.rules 0.0.0.0:9000  # rules from a file; SIGHUP reloads it
+  sockserv serve --max-conn-rate 5/s 0.0.0.0:9000  # at most 5 new connections a second per source IP
+
+Access rules: the most specific matching prefix decides; with any allow rule,
+a peer that matches none is refused. A refused peer (by a rule or over
+--max-conn-rate) is closed at once without a byte sent; /metrics counts it
+(reason=\"rule\" or reason=\"rate\"). A rules file has one rule a line,
+`CIDR allow|deny [VAR=value ...]`, # comments and blank lines allowed:
+  10.0.0.0/8     allow
+  10.99.0.0/16   deny
+  2001:db8::/32  allow
+Rules apply to TCP and UDP peers, not to Unix-socket peers (they have no IP).
 
 At start it prints one line per listener on stdout, `listening ENDPOINT`, with
 the real bound address, then `admin http://HOST:PORT` with --admin. SIGINT or
 SIGTERM stops it gracefully (every request already read gets its reply, the
-listen backlog is served; exit code 0); a second signal stops at once. SIGHUP
-is ignored (it does not kill the server).")]
+listen backlog is served; exit code 0); a second signal stops at once. With
+--rules, SIGHUP re-reads the rules file (open connections are kept; a file
+that does not parse keeps the rules in force and logs the line at fault);
+without it SIGHUP is ignored. SIGHUP never kills the server.")]
 pub struct ServeArgs {
     /// Addresses to listen on: tcp://HOST:PORT, udp://HOST:PORT,
     /// unix:///PATH, unix-dgram:///PATH, or HOST:PORT for TCP.
@@ -127,6 +145,27 @@ pub struct ServeArgs {
     #[arg(long, value_name = "TEXT")]
     limit_message: Option<String>,
 
+    /// Serve only this prefix (CIDR, IPv4 or IPv6; repeatable). Any
+    /// --allow makes the default deny. Example: --allow 10.0.0.0/8.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    allow: Vec<IpNet>,
+
+    /// Refuse this prefix (CIDR, IPv4 or IPv6; repeatable); the most
+    /// specific prefix wins. Example: --deny 192.0.2.0/24.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    deny: Vec<IpNet>,
+
+    /// Read access rules from FILE, one a line: `CIDR allow|deny
+    /// [VAR=value ...]`; SIGHUP re-reads it. Adds to --allow and --deny.
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
+
+    /// New connections from one IP address, at most, as N/s or N/m (bursts
+    /// of up to N). Over it a connection is closed without a byte sent;
+    /// other addresses are served as before. Example: --max-conn-rate 5/s.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    max_conn_rate: Option<Rate>,
+
     /// Serve the admin endpoint on HOST:PORT: /metrics (Prometheus),
     /// /healthz, /readyz (503 from the moment a drain starts), / (a live
     /// status page of every connection), /api/stats, /api/connections.
@@ -153,6 +192,33 @@ pub struct ServeArgs {
 
 fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
     s.parse::<Endpoint>().map_err(|e| e.to_string())
+}
+
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    sockserv::rules::parse_cidr(s)
+}
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    s.parse::<Rate>().map_err(|e| e.to_string())
+}
+
+/// The rules of the command line, then those of the file if any.
+fn load_rules(
+    allow: &[IpNet],
+    deny: &[IpNet],
+    file: Option<&Path>,
+) -> Result<Rules, sockserv::rules::RulesError> {
+    let mut rules = Rules::new();
+    for net in allow {
+        rules = rules.allow(*net);
+    }
+    for net in deny {
+        rules = rules.deny(*net);
+    }
+    if let Some(path) = file {
+        rules.extend(Rules::load(path)?);
+    }
+    Ok(rules)
 }
 
 fn parse_builtin(s: &str) -> Result<Builtin, String> {
@@ -214,6 +280,28 @@ fn warn_ignored(args: &ServeArgs, strategy: Strategy) {
     }
 }
 
+/// SIGHUP with --rules: the command line's rules and the file's, put in
+/// force for the connections accepted from now on; a file that cannot be
+/// read or parsed keeps the rules in force.
+fn reload_rules(file: &Path, allow: &[IpNet], deny: &[IpNet], handles: &[sockserv::RulesHandle]) {
+    match load_rules(allow, deny, Some(file)) {
+        Ok(rules) => {
+            for h in handles {
+                h.set(rules.clone());
+            }
+            tracing::info!(
+                "reloaded {}: {} rules in force",
+                file.display(),
+                rules.len()
+            );
+        }
+        Err(e) => {
+            let kept = handles.first().map_or(0, |h| h.get().len());
+            tracing::error!("cannot reload the rules: {e}; keeping the {kept} rules in force");
+        }
+    }
+}
+
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
     // Kept to the end of `run`: the queued log lines are written out then.
     let _log = crate::logging::init(args.verbose);
@@ -235,6 +323,9 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     });
     limits.max_connections = args.max_conns.map(|n| n as usize);
     limits.max_connections_per_ip = args.max_conns_per_ip.map(|n| n as usize);
+    limits.max_conn_rate = args.max_conn_rate;
+    let rules =
+        load_rules(&args.allow, &args.deny, args.rules.as_deref()).map_err(CliError::usage)?;
     limits.limit_message = args
         .limit_message
         .as_ref()
@@ -253,16 +344,20 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
 
     // Install the signal handlers before anything is bound or printed: a
     // SIGTERM right after the `listening` line must drain, not kill.
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .map_err(|e| CliError::runtime(format!("cannot install signal handlers: {e}")))?;
-    // A terminal hang-up (or a reload request from a service manager) must
-    // never kill the server without a drain.
-    // SAFETY: SIG_IGN is a valid disposition for SIGHUP.
-    unsafe {
-        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    let mut caught = vec![signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM];
+    if args.rules.is_some() {
+        // SIGHUP: reload the rules file.
+        caught.push(signal_hook::consts::SIGHUP);
+    }
+    let mut signals = signal_hook::iterator::Signals::new(caught)
+        .map_err(|e| CliError::runtime(format!("cannot install signal handlers: {e}")))?;
+    if args.rules.is_none() {
+        // A terminal hang-up (or a reload request from a service manager)
+        // must never kill the server without a drain.
+        // SAFETY: SIG_IGN is a valid disposition for SIGHUP.
+        unsafe {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        }
     }
 
     // One server for the stream addresses and one for the datagram ones:
@@ -286,6 +381,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             .strategy(strategy)
             .socket_options(options.clone())
             .limits(limits.clone())
+            .rules(rules.clone())
             .timeouts(timeouts)
             .drain(drain)
             .time_handlers(args.admin.is_some());
@@ -341,8 +437,19 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     tracing::info!(mode = %strategy, handler = %args.handler, framing = %framing, "serving");
 
     let signal_handles = handles.clone();
+    let rules_handles: Vec<_> = servers.iter().map(Server::rules_handle).collect();
+    let reload = args
+        .rules
+        .clone()
+        .map(|file| (file, args.allow.clone(), args.deny.clone()));
     std::thread::spawn(move || {
         for sig in signals.forever() {
+            if sig == signal_hook::consts::SIGHUP {
+                if let Some((file, allow, deny)) = &reload {
+                    reload_rules(file, allow, deny, &rules_handles);
+                }
+                continue;
+            }
             tracing::info!("signal {sig}: shutting down");
             for h in &signal_handles {
                 h.request();
