@@ -196,7 +196,7 @@ pub fn take_listeners() -> Result<Vec<InheritedSocket>, Error> {
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
             return Err(Error::socket(
                 format!("cannot use the inherited fd {fd}"),
-                io::Error::other(format!("LISTEN_FDS={n}, but it is not open")),
+                io::Error::other(format!("not open, though LISTEN_FDS={n}")),
             ));
         }
         // SAFETY: the LISTEN_FDS protocol hands descriptors 3..3+N to this
