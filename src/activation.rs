@@ -23,7 +23,7 @@
 //! // Serve whatever the service manager passed.
 //! let server = Server::builder()
 //!     .listen_inherited()
-//!     .stream(handlers::Echo)
+//!     .message(handlers::Echo)
 //!     .bind()?;
 //! # Ok::<(), sockserv::Error>(())
 //! ```
