@@ -51,6 +51,7 @@
 //! as Prometheus metrics, health checks and a live status page.
 
 mod accept;
+pub mod activation;
 pub mod addr;
 #[cfg(feature = "admin")]
 pub mod admin;
@@ -68,6 +69,7 @@ pub mod handlers;
 mod hooks;
 mod meter;
 mod mmsg;
+pub mod notify;
 mod pipeline;
 mod proxy;
 mod rate;

@@ -59,7 +59,7 @@ const WAKE: Token = Token(usize::MAX);
 /// ```
 #[must_use]
 pub struct Builder {
-    endpoints: Vec<Result<Endpoint, Error>>,
+    endpoints: Vec<Pending>,
     handler: Option<Handler>,
     framing: Framing,
     strategy: Strategy,
@@ -105,6 +105,14 @@ impl Default for Builder {
     }
 }
 
+/// A listener the builder will have: an address to bind, or a socket
+/// already open (inherited), or the error that stopped either.
+enum Pending {
+    Bind(Result<Endpoint, Error>),
+    Open(crate::activation::InheritedSocket),
+    Failed(Error),
+}
+
 /// Anything that names an endpoint: a string to parse or an [`Endpoint`].
 pub trait IntoEndpoint {
     fn into_endpoint(self) -> Result<Endpoint, Error>;
@@ -137,7 +145,44 @@ impl IntoEndpoint for String {
 impl Builder {
     /// Adds an address to listen on; call it again for more listeners.
     pub fn listen(mut self, endpoint: impl IntoEndpoint) -> Self {
-        self.endpoints.push(endpoint.into_endpoint());
+        self.endpoints.push(Pending::Bind(endpoint.into_endpoint()));
+        self
+    }
+
+    /// Adds every listening socket passed by the service manager
+    /// (`LISTEN_FDS`, systemd socket activation), in descriptor order; see
+    /// [`activation`](crate::activation). [`bind`](Self::bind) fails if none
+    /// was passed to this process, or if one is not a usable listener.
+    pub fn listen_inherited(mut self) -> Self {
+        match crate::activation::take_listeners() {
+            Ok(list) if list.is_empty() => self.endpoints.push(Pending::Failed(Error::config(
+                "no inherited sockets: LISTEN_FDS and LISTEN_PID do not pass any to this process",
+            ))),
+            Ok(list) => self.endpoints.extend(list.into_iter().map(Pending::Open)),
+            Err(e) => self.endpoints.push(Pending::Failed(e)),
+        }
+        self
+    }
+
+    /// Adds one listening socket opened elsewhere (a bound, listening
+    /// stream socket or a bound datagram socket; checked as inherited
+    /// sockets are, and made non-blocking and close-on-exec). A Unix
+    /// socket's file is left in place when the server stops.
+    pub fn listen_fd(mut self, fd: std::os::fd::OwnedFd) -> Self {
+        self.endpoints.push(
+            match crate::activation::InheritedSocket::from_fd(fd, None) {
+                Ok(s) => Pending::Open(s),
+                Err(e) => Pending::Failed(e),
+            },
+        );
+        self
+    }
+
+    /// Adds a socket taken with
+    /// [`activation::take_listeners`](crate::activation::take_listeners)
+    /// (to pick some of them, or to split them between servers).
+    pub fn listen_socket(mut self, socket: crate::activation::InheritedSocket) -> Self {
+        self.endpoints.push(Pending::Open(socket));
         self
     }
 
@@ -305,8 +350,22 @@ impl Builder {
             return Err(Error::config("no address to listen on: call .listen(ADDR)"));
         }
         let mut endpoints = Vec::new();
-        for ep in self.endpoints {
-            endpoints.push(ep?);
+        let mut opened = Vec::new();
+        let mut names = Vec::new();
+        for pending in self.endpoints {
+            match pending {
+                Pending::Bind(ep) => {
+                    endpoints.push(ep?);
+                    opened.push(None);
+                    names.push(None);
+                }
+                Pending::Open(s) => {
+                    endpoints.push(s.endpoint().clone());
+                    names.push(s.name().map(str::to_string));
+                    opened.push(Some(s.listener));
+                }
+                Pending::Failed(e) => return Err(e),
+            }
         }
         for ep in &endpoints {
             let stream = ep.transport().is_stream();
@@ -327,8 +386,11 @@ impl Builder {
             _ => {}
         }
         let mut listeners = Vec::new();
-        for ep in &endpoints {
-            listeners.push(socket::bind(ep, &self.options)?);
+        for (ep, open) in endpoints.iter().zip(opened) {
+            listeners.push(match open {
+                Some(l) => l,
+                None => socket::bind(ep, &self.options)?,
+            });
         }
         let shared = Arc::new(
             Shared::new(crate::context::bounded(self.drain.grace))
@@ -506,6 +568,7 @@ impl Builder {
             sources,
             guards,
             bound,
+            names,
             ctx,
             engine,
             shared,
@@ -563,6 +626,8 @@ pub struct Server {
     /// Removes the Unix socket files at the end.
     guards: Vec<PathGuard>,
     bound: Vec<Endpoint>,
+    /// Each listener's name (`LISTEN_FDNAMES`), for inherited ones.
+    names: Vec<Option<String>>,
     ctx: Arc<Context>,
     engine: Engine,
     shared: Arc<Shared>,
@@ -590,6 +655,13 @@ impl Server {
     /// The endpoints actually bound, in the order given (port 0 resolved).
     pub fn local_endpoints(&self) -> &[Endpoint] {
         &self.bound
+    }
+
+    /// Each listener's name, in the order of
+    /// [`local_endpoints`](Self::local_endpoints): the `LISTEN_FDNAMES`
+    /// name of an inherited socket, `None` for the others.
+    pub fn listener_names(&self) -> &[Option<String>] {
+        &self.names
     }
 
     /// The first bound endpoint.

@@ -148,6 +148,9 @@ pub struct PathGuard {
     path: PathBuf,
     dev: u64,
     ino: u64,
+    /// False for a socket the server inherited (socket activation): its
+    /// file belongs to whoever created it and is never removed.
+    remove: bool,
 }
 
 impl PathGuard {
@@ -158,7 +161,19 @@ impl PathGuard {
             path: path.to_path_buf(),
             dev: meta.dev(),
             ino: meta.ino(),
+            remove: true,
         })
+    }
+
+    /// The path of a socket this server did not bind (inherited from a
+    /// service manager): kept for its name, never removed.
+    pub(crate) fn inherited(path: PathBuf) -> PathGuard {
+        PathGuard {
+            path,
+            dev: 0,
+            ino: 0,
+            remove: false,
+        }
     }
 
     /// The socket's path, as given to `bind`.
@@ -175,6 +190,9 @@ impl PathGuard {
 
 impl Drop for PathGuard {
     fn drop(&mut self) {
+        if !self.remove {
+            return;
+        }
         if self.still_ours() {
             let _ = std::fs::remove_file(&self.path);
         } else {

@@ -46,11 +46,18 @@ SIGTERM stops it gracefully (every request already read gets its reply, the
 listen backlog is served; exit code 0); a second signal stops at once. With
 --rules, SIGHUP re-reads the rules file (open connections are kept; a file
 that does not parse keeps the rules in force and logs the line at fault);
-without it SIGHUP is ignored. SIGHUP never kills the server.")]
+without it SIGHUP is ignored. SIGHUP never kills the server.
+
+Under systemd: with no ADDR it serves the sockets of its .socket unit
+(LISTEN_FDS); with NOTIFY_SOCKET set (Type=notify) it sends READY=1 and a
+STATUS= line once serving, WATCHDOG=1 at half of WATCHDOG_USEC, and
+STOPPING=1 when the drain starts.")]
 pub struct ServeArgs {
     /// Addresses to listen on: tcp://HOST:PORT, udp://HOST:PORT,
-    /// unix:///PATH, unix-dgram:///PATH, or HOST:PORT for TCP.
-    #[arg(value_name = "ADDR", default_value = "tcp://127.0.0.1:9999", value_parser = parse_endpoint)]
+    /// unix:///PATH, unix-dgram:///PATH, or HOST:PORT for TCP. Without
+    /// one: the sockets passed by a service manager (LISTEN_FDS, systemd
+    /// socket activation) if there are any, else tcp://127.0.0.1:9999.
+    #[arg(value_name = "ADDR", value_parser = parse_endpoint)]
     addrs: Vec<Endpoint>,
 
     /// Built-in handler: echo, upper (the seed's: replies upper-cased),
@@ -268,14 +275,14 @@ fn strategy(args: &ServeArgs) -> Result<Strategy, CliError> {
 
 /// Says which options the chosen mode and addresses make meaningless,
 /// rather than drop them silently.
-fn warn_ignored(args: &ServeArgs, strategy: Strategy) {
+fn warn_ignored(args: &ServeArgs, endpoints: &[Endpoint], strategy: Strategy) {
     if args.workers.is_some() && matches!(strategy, Strategy::Threads | Strategy::Sequential) {
         tracing::warn!("--workers has no effect in {} mode", args.mode);
     }
     if args.queue.is_some() && !matches!(strategy, Strategy::Pool { .. }) {
         tracing::warn!("--queue has no effect outside pool mode");
     }
-    if !args.framing.is_raw() && args.addrs.iter().any(|a| !a.transport().is_stream()) {
+    if !args.framing.is_raw() && endpoints.iter().any(|a| !a.transport().is_stream()) {
         tracing::warn!("--framing does not apply to datagram addresses: a datagram is one message");
     }
 }
@@ -335,7 +342,39 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     timeouts.read = args.read_timeout;
     let drain = DrainPolicy::new().grace(args.drain_timeout);
     let strategy = strategy(&args)?;
-    warn_ignored(&args, strategy);
+    // What to serve: the addresses given; without any, the sockets a
+    // service manager passed (LISTEN_FDS for this process); else the
+    // seed's address.
+    let mut sources: Vec<Option<Listen>> = if !args.addrs.is_empty() {
+        args.addrs
+            .iter()
+            .cloned()
+            .map(Listen::Addr)
+            .map(Some)
+            .collect()
+    } else if sockserv::activation::listen_fds().is_some() {
+        let inherited = sockserv::activation::take_listeners().map_err(CliError::runtime)?;
+        if inherited.is_empty() {
+            return Err(CliError::runtime(
+                "LISTEN_FDS passes no sockets: nothing to serve (give an ADDR)",
+            ));
+        }
+        inherited
+            .into_iter()
+            .map(Listen::Socket)
+            .map(Some)
+            .collect()
+    } else {
+        vec![Some(Listen::Addr(DEFAULT_ADDR.parse().map_err(
+            |e: sockserv::addr::ParseEndpointError| CliError::runtime(e),
+        )?))]
+    };
+    let endpoints: Vec<Endpoint> = sources
+        .iter()
+        .flatten()
+        .map(|s| s.endpoint().clone())
+        .collect();
+    warn_ignored(&args, &endpoints, strategy);
     let proxy = args.proxy_protocol.as_deref().map(|v| match v {
         "v1" => ProxyVersions::V1,
         "v2" => ProxyVersions::V2,
@@ -366,11 +405,14 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     let mut servers = Vec::new();
     let mut order = Vec::new();
     for stream in [true, false] {
-        let picked: Vec<(usize, &Endpoint)> = args
-            .addrs
-            .iter()
+        let picked: Vec<(usize, Listen)> = sources
+            .iter_mut()
             .enumerate()
-            .filter(|(_, ep)| ep.transport().is_stream() == stream)
+            .filter(|(_, s)| {
+                s.as_ref()
+                    .is_some_and(|s| s.endpoint().transport().is_stream() == stream)
+            })
+            .filter_map(|(i, s)| s.take().map(|s| (i, s)))
             .collect();
         if picked.is_empty() {
             continue;
@@ -390,8 +432,21 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                 builder = builder.proxy_protocol(v);
             }
         }
-        for (_, ep) in &picked {
-            builder = builder.listen(*ep);
+        let mut indexes = Vec::new();
+        for (index, source) in picked {
+            indexes.push(index);
+            builder = match source {
+                Listen::Addr(ep) => builder.listen(ep),
+                Listen::Socket(s) => {
+                    tracing::info!(
+                        fd = s.fd(),
+                        name = s.name().unwrap_or("-"),
+                        "serving the inherited socket {}",
+                        s.endpoint()
+                    );
+                    builder.listen_socket(s)
+                }
+            };
         }
         let server = builder.bind().map_err(|e| {
             if e.is_usage() {
@@ -400,7 +455,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                 CliError::runtime(e)
             }
         })?;
-        for ((index, _), bound) in picked.iter().zip(server.local_endpoints()) {
+        for (index, bound) in indexes.iter().zip(server.local_endpoints()) {
             order.push((*index, bound.clone()));
         }
         servers.push(server);
@@ -436,12 +491,14 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     }
     tracing::info!(mode = %strategy, handler = %args.handler, framing = %framing, "serving");
 
+    let stopping = std::sync::Arc::new(std::sync::Once::new());
     let signal_handles = handles.clone();
     let rules_handles: Vec<_> = servers.iter().map(Server::rules_handle).collect();
     let reload = args
         .rules
         .clone()
         .map(|file| (file, args.allow.clone(), args.deny.clone()));
+    let signal_stopping = std::sync::Arc::clone(&stopping);
     std::thread::spawn(move || {
         for sig in signals.forever() {
             if sig == signal_hook::consts::SIGHUP {
@@ -451,6 +508,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                 continue;
             }
             tracing::info!("signal {sig}: shutting down");
+            signal_stopping.call_once(|| notify("STOPPING=1"));
             for h in &signal_handles {
                 h.request();
             }
@@ -461,12 +519,38 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         .into_iter()
         .map(|s| std::thread::spawn(move || s.serve_forever()))
         .collect();
+    // Every listener is open (the kernel queues connections from here) and
+    // has its serving thread.
+    let summary: Vec<String> = order.iter().map(|(_, ep)| ep.to_string()).collect();
+    notify(&format!(
+        "READY=1\nSTATUS=serving {} listener{}: {}",
+        summary.len(),
+        if summary.len() == 1 { "" } else { "s" },
+        summary.join(", ")
+    ));
+    // The watchdog pings while serving; it ends at the drain (a stop was
+    // requested) or when `_watchdog_stop` is dropped at the end of `run`.
+    let (_watchdog_stop, watchdog_rx) = std::sync::mpsc::channel::<()>();
+    if let Some(every) = sockserv::notify::watchdog_interval() {
+        let watched = handles.clone();
+        std::thread::spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                watchdog_rx.recv_timeout(every)
+            {
+                if watched.iter().any(|h| h.is_requested()) {
+                    break;
+                }
+                notify("WATCHDOG=1");
+            }
+        });
+    }
     let mut failure = None;
     for t in threads {
         match t.join() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 // One listener failed: stop the others too.
+                stopping.call_once(|| notify("STOPPING=1"));
                 for h in &handles {
                     h.request();
                 }
@@ -482,5 +566,33 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// The seed's address, served when no ADDR is given and no sockets are
+/// passed by a service manager.
+const DEFAULT_ADDR: &str = "tcp://127.0.0.1:9999";
+
+/// One listener to serve: an address to bind or a socket passed by the
+/// service manager.
+enum Listen {
+    Addr(Endpoint),
+    Socket(sockserv::activation::InheritedSocket),
+}
+
+impl Listen {
+    fn endpoint(&self) -> &Endpoint {
+        match self {
+            Listen::Addr(ep) => ep,
+            Listen::Socket(s) => s.endpoint(),
+        }
+    }
+}
+
+/// Sends a state to the service manager (`NOTIFY_SOCKET`); nothing without
+/// one. A failure is logged, never fatal: the server serves on.
+fn notify(state: &str) {
+    if let Err(e) = sockserv::notify::notify(state) {
+        tracing::warn!("cannot notify the service manager ({state:?}): {e}");
     }
 }
