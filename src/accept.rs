@@ -15,7 +15,7 @@ use crate::context::Context;
 use crate::meter::ConnMeter;
 use crate::socket::Stream;
 use crate::stats::{ClosedConnection, End, RefuseReason};
-use crate::tracker::TrackGuard;
+pub(crate) use crate::tracker::Admitted;
 
 /// A listening stream socket.
 #[derive(Debug)]
@@ -120,20 +120,6 @@ pub(crate) struct SharedListener {
     pub(crate) name: crate::addr::Endpoint,
     /// Its place among the server's listeners (for its counters).
     pub(crate) index: usize,
-}
-
-/// A connection through the gate: registered with the tracker, its socket
-/// non-blocking.
-#[derive(Debug)]
-pub(crate) struct Admitted {
-    // The guard is declared first: it must unregister the socket before
-    // the socket closes (see `TrackGuard`).
-    pub(crate) guard: TrackGuard,
-    pub(crate) stream: Stream,
-    pub(crate) peer: Address,
-    pub(crate) local: Address,
-    /// Which of the server's listeners it came from.
-    pub(crate) listener: usize,
 }
 
 /// What one accept attempt gave.
@@ -375,31 +361,5 @@ fn refuse(stream: &Stream, ctx: &Context) {
             Ok(n) if n > 0 => {}
             _ => break,
         }
-    }
-}
-
-/// Logs a recurring failure once per burst, counting the rest: a flood of
-/// identical errors must neither fill the log nor block on it.
-#[derive(Debug, Default)]
-pub(crate) struct Burst {
-    inner: std::sync::Mutex<(u64, Option<Instant>)>,
-}
-
-impl Burst {
-    /// Records one failure; logs the first of a burst (a burst ends after
-    /// a second without failures).
-    pub(crate) fn hit(&self, log: impl FnOnce(u64)) {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let fresh =
-            g.1.is_none_or(|last| now.duration_since(last) > Duration::from_secs(1));
-        if fresh {
-            let skipped = g.0;
-            g.0 = 0;
-            log(skipped);
-        } else {
-            g.0 += 1;
-        }
-        g.1 = Some(now);
     }
 }

@@ -20,12 +20,11 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::accept::Admitted;
 use crate::addr::Address;
-use crate::context::Context;
-use crate::shutdown::{wait_fd, StopLevel, Wake};
+use crate::pipeline::Settings;
+use crate::shutdown::{wait_fd, Shared, StopLevel, Wake};
 use crate::socket::Stream;
-use crate::tracker::TrackGuard;
+use crate::tracker::{Admitted, TrackGuard};
 
 /// One accepted stream connection (TCP or Unix).
 pub struct Connection {
@@ -36,7 +35,9 @@ pub struct Connection {
     stream: Stream,
     peer: Address,
     local: Address,
-    ctx: Arc<Context>,
+    shared: Arc<Shared>,
+    /// The server's connection settings (timeouts, linger).
+    settings: Settings,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
 }
@@ -51,7 +52,7 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(admitted: Admitted, ctx: Arc<Context>) -> Connection {
+    pub(crate) fn new(admitted: Admitted, shared: Arc<Shared>, settings: Settings) -> Connection {
         let Admitted {
             guard,
             stream,
@@ -64,9 +65,10 @@ impl Connection {
             stream,
             peer,
             local,
-            read_timeout: ctx.timeouts.idle,
-            write_timeout: ctx.timeouts.write,
-            ctx,
+            read_timeout: settings.idle,
+            write_timeout: settings.write,
+            shared,
+            settings,
         }
     }
 
@@ -101,7 +103,7 @@ impl Connection {
     /// True once the server is shutting down; long-running handlers can
     /// check it between units of work.
     pub fn is_shutting_down(&self) -> bool {
-        self.ctx.shared.stop.is_stopping()
+        self.shared.stop.is_stopping()
     }
 
     /// A buffered reader over this connection (Python's `rfile`).
@@ -139,7 +141,7 @@ impl Connection {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            let signal = self.ctx.shared.stop.signal(StopLevel::Draining);
+            let signal = self.shared.stop.signal(StopLevel::Draining);
             match wait_fd(
                 self.stream.as_raw_fd(),
                 libc::POLLIN,
@@ -168,7 +170,7 @@ impl Connection {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            let signal = self.ctx.shared.stop.signal(StopLevel::Forced);
+            let signal = self.shared.stop.signal(StopLevel::Forced);
             match wait_fd(
                 self.stream.as_raw_fd(),
                 libc::POLLOUT,
@@ -192,7 +194,7 @@ impl Connection {
     /// The polite close (half-close, lingering read), by the same pipeline
     /// as every framed connection; then the guard, then the socket.
     pub(crate) fn linger_close(self) {
-        crate::driver::blocking::linger_close(&self.stream, &self.ctx);
+        crate::driver::blocking::linger_close(&self.stream, self.settings, &self.shared);
     }
 }
 

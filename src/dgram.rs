@@ -26,12 +26,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::accept::Burst;
 use crate::addr::Address;
+use crate::burst::Burst;
 use crate::config::DatagramPolicy;
 use crate::context::Context;
-use crate::handler::{Handler, Reply};
+use crate::handler::Handler;
 use crate::hooks::{Failure, Hooks};
+use crate::message::Reply;
 use crate::meter::ListenerMeter;
 use crate::shutdown::wait_fd;
 use crate::tracker::TrackGuard;

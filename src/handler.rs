@@ -19,17 +19,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::addr::Address;
 use crate::async_conn::AsyncConnection;
 use crate::conn::Connection;
-use crate::frame::{Codec, Encoder, FrameError};
 
 /// Any error a handler returns; reported through the server's
 /// `handle_error` hook.
 pub use crate::hooks::BoxError;
-
-/// What handler methods return.
-pub type HandlerResult = Result<(), BoxError>;
+pub use crate::message::{message_fn, HandlerResult, MessageHandler, Reply};
 
 /// A handler that owns the byte stream of one connection.
 ///
@@ -53,14 +49,6 @@ pub trait StreamHandler: Send + Sync + 'static {
         let _ = conn;
         Ok(())
     }
-}
-
-/// A handler called once per message (frame or datagram).
-pub trait MessageHandler: Send + Sync + 'static {
-    /// Handles one message; replies go through `reply`. An error or a panic
-    /// is reported to `handle_error` and the connection carries on with the
-    /// next message; call [`Reply::close`] to end the connection instead.
-    fn handle(&self, msg: &[u8], reply: &mut Reply<'_>) -> HandlerResult;
 }
 
 /// A stream handler written as async code; it runs on the async engine's
@@ -108,88 +96,6 @@ impl<T: AsyncStreamHandler> DynAsyncStreamHandler for T {
     }
 }
 
-/// Where a message handler's replies go.
-///
-/// Replies are encoded at once into the connection's outgoing buffer, and
-/// the server writes all replies of one read in as few system calls as the
-/// socket allows (pipelining). On a datagram socket each `send` is one
-/// datagram.
-pub struct Reply<'a> {
-    out: &'a mut Vec<u8>,
-    codec: Option<&'a Codec>,
-    /// For datagrams: where each reply ends in `out`.
-    ends: Option<&'a mut Vec<usize>>,
-    peer: &'a Address,
-    close: bool,
-    sent: u64,
-}
-
-impl<'a> Reply<'a> {
-    pub(crate) fn framed(out: &'a mut Vec<u8>, codec: &'a Codec, peer: &'a Address) -> Self {
-        Reply {
-            out,
-            codec: Some(codec),
-            ends: None,
-            peer,
-            close: false,
-            sent: 0,
-        }
-    }
-
-    pub(crate) fn datagrams(
-        out: &'a mut Vec<u8>,
-        ends: &'a mut Vec<usize>,
-        peer: &'a Address,
-    ) -> Self {
-        Reply {
-            out,
-            codec: None,
-            ends: Some(ends),
-            peer,
-            close: false,
-            sent: 0,
-        }
-    }
-
-    /// Sends one reply message, encoded with the connection's framing.
-    /// Fails if the framing cannot carry it (over the maximum frame size,
-    /// contains the delimiter, wrong fixed size).
-    #[inline]
-    pub fn send(&mut self, msg: &[u8]) -> Result<(), FrameError> {
-        self.sent += 1;
-        match self.codec {
-            Some(codec) => codec.encode(msg, self.out),
-            None => {
-                self.out.extend_from_slice(msg);
-                if let Some(ends) = self.ends.as_deref_mut() {
-                    ends.push(self.out.len());
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// Who sent the message.
-    pub fn peer(&self) -> &Address {
-        self.peer
-    }
-
-    /// Ends the connection once the replies so far are written (no effect
-    /// on datagram sockets).
-    pub fn close(&mut self) {
-        self.close = true;
-    }
-
-    pub(crate) fn wants_close(&self) -> bool {
-        self.close
-    }
-
-    /// Replies sent so far.
-    pub(crate) fn sent(&self) -> u64 {
-        self.sent
-    }
-}
-
 /// The handler a server runs, of whichever kind.
 #[derive(Clone)]
 pub enum Handler {
@@ -229,33 +135,6 @@ impl Handler {
     pub fn is_stream(&self) -> bool {
         matches!(self, Handler::Stream(_) | Handler::AsyncStream(_))
     }
-}
-
-/// A message handler from a closure.
-///
-/// ```
-/// use sockserv::handler::message_fn;
-/// let upper = message_fn(|msg, reply| {
-///     reply.send(&msg.to_ascii_uppercase())?;
-///     Ok(())
-/// });
-/// # let _ = upper;
-/// ```
-pub fn message_fn<F>(f: F) -> impl MessageHandler
-where
-    F: Fn(&[u8], &mut Reply<'_>) -> HandlerResult + Send + Sync + 'static,
-{
-    struct FnMessage<F>(F);
-    impl<F> MessageHandler for FnMessage<F>
-    where
-        F: Fn(&[u8], &mut Reply<'_>) -> HandlerResult + Send + Sync + 'static,
-    {
-        #[inline]
-        fn handle(&self, msg: &[u8], reply: &mut Reply<'_>) -> HandlerResult {
-            (self.0)(msg, reply)
-        }
-    }
-    FnMessage(f)
 }
 
 /// A stream handler from a closure (the closure is `handle`).

@@ -56,6 +56,7 @@ pub mod addr;
 #[cfg(feature = "admin")]
 pub mod admin;
 mod async_conn;
+mod burst;
 pub mod client;
 mod config;
 mod conn;
@@ -67,6 +68,7 @@ pub mod frame;
 pub mod handler;
 pub mod handlers;
 mod hooks;
+mod message;
 mod meter;
 mod mmsg;
 pub mod notify;

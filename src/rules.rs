@@ -43,7 +43,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 pub use ipnet::IpNet;
 
-use crate::accept::Burst;
+use crate::burst::Burst;
 use crate::rate::RateLimiter;
 
 /// What a rule does with the peers it matches.

@@ -7,20 +7,25 @@
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
+use std::time::Instant;
 
-use crate::accept::Admitted;
 use crate::conn::Connection;
 use crate::context::Context;
 use crate::dgram::DatagramJob;
 use crate::handler::{Handler, StreamHandler};
 use crate::hooks::Failure;
+use crate::message::MessageHandler;
+use crate::tracker::Admitted;
 
 /// Runs one connection or datagram to completion.
 pub(crate) fn run_work(work: Work, ctx: &Arc<Context>) {
     match work {
         Work::Conn(conn) => match &ctx.handler {
-            Handler::Stream(h) => run_stream(Connection::new(conn, Arc::clone(ctx)), &**h, ctx),
-            Handler::Message(h) => crate::driver::blocking::serve_framed(conn, &**h, ctx),
+            Handler::Stream(h) => {
+                let conn = Connection::new(conn, Arc::clone(&ctx.shared), ctx.settings());
+                run_stream(conn, &**h, ctx)
+            }
+            Handler::Message(h) => serve_framed(conn, &**h, ctx),
             Handler::AsyncStream(h) => {
                 // A blocking strategy: give this thread a small runtime.
                 match tokio::runtime::Builder::new_current_thread()
@@ -83,7 +88,7 @@ pub(crate) enum Work {
 /// Runs an async stream handler on the current runtime, containing its
 /// errors and panics like every other handler's.
 pub(crate) async fn serve_async(
-    conn: crate::accept::Admitted,
+    conn: crate::tracker::Admitted,
     handler: &dyn crate::handler::DynAsyncStreamHandler,
     ctx: &crate::context::Context,
 ) {
@@ -91,7 +96,7 @@ pub(crate) async fn serve_async(
     use crate::socket::Stream;
     use futures_util::FutureExt;
     use std::panic::AssertUnwindSafe;
-    let crate::accept::Admitted {
+    let crate::tracker::Admitted {
         guard,
         stream,
         peer,
@@ -131,4 +136,22 @@ pub(crate) async fn serve_async(
         Ok(Err(e)) => ctx.hooks.error(&peer, Failure::Handler(e)),
         Err(p) => ctx.hooks.error(&peer, Failure::from_panic(p)),
     }
+}
+
+/// Serves a framed connection with a message handler until it closes.
+fn serve_framed(admitted: Admitted, handler: &dyn MessageHandler, ctx: &Context) {
+    let Admitted {
+        guard,
+        stream,
+        peer,
+        listener,
+        ..
+    } = admitted;
+    let mut conn = ctx.new_conn(peer, listener, Instant::now());
+    let c = ctx.ctx(handler);
+    let meter = guard.meter().map(|m| &**m);
+    crate::driver::blocking::drive(&mut conn, &stream, &c, &ctx.shared.stop, meter);
+    // The guard unregisters the socket before it closes.
+    drop(guard);
+    drop(stream);
 }

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::addr::Address;
 use crate::meter::{ConnMeter, Meters};
+use crate::socket::Stream;
 
 /// Wakes one part of a running server (its accept loop, its event loops).
 /// A waker must never own the server's configuration (that would be a
@@ -311,4 +313,18 @@ impl Drop for TrackGuard {
             }
         }
     }
+}
+
+/// A connection through the gate: registered with the tracker, its socket
+/// non-blocking.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    // The guard is declared first: it must unregister the socket before
+    // the socket closes (see `TrackGuard`).
+    pub(crate) guard: TrackGuard,
+    pub(crate) stream: Stream,
+    pub(crate) peer: Address,
+    pub(crate) local: Address,
+    /// Which of the server's listeners it came from.
+    pub(crate) listener: usize,
 }

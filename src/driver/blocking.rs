@@ -7,45 +7,27 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use crate::accept::Admitted;
-use crate::context::Context;
-use crate::handler::{MessageHandler, Reply};
+use crate::hooks::Hooks;
+use crate::message::{MessageHandler, Reply};
 use crate::meter::ConnMeter;
-use crate::pipeline::{Conn, Next};
-use crate::shutdown::{wait_fd, StopLevel, Wake};
+use crate::pipeline::{Conn, Ctx, Next, Settings};
+use crate::shutdown::{wait_fd, Shared, Stop, StopLevel, Wake};
 use crate::socket::Stream;
 
 /// Read buffer of a blocking framed connection.
 const READ_BUF: usize = 64 * 1024;
 
-/// Serves a framed connection with a message handler until it closes.
-pub(crate) fn serve_framed(admitted: Admitted, handler: &dyn MessageHandler, ctx: &Context) {
-    let Admitted {
-        guard,
-        stream,
-        peer,
-        listener,
-        ..
-    } = admitted;
-    let mut conn = ctx.new_conn(peer, listener, Instant::now());
-    drive(
-        &mut conn,
-        &stream,
-        handler,
-        ctx,
-        guard.meter().map(|m| &**m),
-    );
-    // The guard unregisters the socket before it closes.
-    drop(guard);
-    drop(stream);
-}
-
 /// The polite close of a connection a stream handler is done with:
 /// half-close, then a lingering read, through the same pipeline as every
 /// framed connection.
-pub(crate) fn linger_close(stream: &Stream, ctx: &Context) {
-    let mut conn = Conn::closing(ctx.settings(), Instant::now());
-    drive(&mut conn, stream, &NoFrames, ctx, None);
+pub(crate) fn linger_close(stream: &Stream, settings: Settings, shared: &Shared) {
+    let mut conn = Conn::closing(settings, Instant::now());
+    let hooks = Hooks::default();
+    let ctx = Ctx {
+        handler: &NoFrames,
+        hooks: &hooks,
+    };
+    drive(&mut conn, stream, &ctx, &shared.stop, None);
 }
 
 /// The handler of a connection that is only closing: never called.
@@ -58,15 +40,13 @@ impl MessageHandler for NoFrames {
 }
 
 /// Moves bytes and time for `conn` until it says close.
-fn drive(
+pub(crate) fn drive(
     conn: &mut Conn,
     stream: &Stream,
-    handler: &dyn MessageHandler,
-    ctx: &Context,
+    c: &Ctx<'_>,
+    stop: &Stop,
     meter: Option<&ConnMeter>,
 ) {
-    let stop = &ctx.shared.stop;
-    let c = ctx.ctx(handler);
     let mut buf: Vec<u8> = Vec::new();
     let mut seen = StopLevel::Running;
     loop {
@@ -83,7 +63,7 @@ fn drive(
         let (events, io) = match next {
             Next::Close | Next::Busy => return,
             Next::Resume => {
-                conn.resume(now, &c);
+                conn.resume(now, c);
                 continue;
             }
             Next::ShutdownWrite => {
@@ -101,8 +81,8 @@ fn drive(
         };
         match io {
             Ok(n) if next == Next::Write => conn.wrote(n, now),
-            Ok(0) => conn.eof(now, &c),
-            Ok(n) => conn.received(&buf[..n], now, &c),
+            Ok(0) => conn.eof(now, c),
+            Ok(n) => conn.received(&buf[..n], now, c),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if conn.is_lingering() {
                     conn.unacked(super::unacked(stream.as_raw_fd()));
@@ -112,7 +92,7 @@ fn drive(
                 }
                 let deadline = conn.deadline();
                 if deadline.is_some_and(|d| d <= now) {
-                    conn.timeout(now, &c);
+                    conn.timeout(now, c);
                     continue;
                 }
                 // Writes and lingering wait for a forced stop only; a
@@ -129,12 +109,12 @@ fn drive(
                         if conn.is_lingering() {
                             conn.unacked(super::unacked(stream.as_raw_fd()));
                         }
-                        conn.timeout(Instant::now(), &c)
+                        conn.timeout(Instant::now(), c)
                     }
-                    Err(e) => conn.failed(e, &c),
+                    Err(e) => conn.failed(e, c),
                 }
             }
-            Err(e) => conn.failed(e, &c),
+            Err(e) => conn.failed(e, c),
         }
     }
 }

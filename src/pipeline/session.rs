@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use crate::addr::Address;
 use crate::frame::{Codec, Decoded, Decoder, FrameError, Framing, OnOversize};
-use crate::handler::{MessageHandler, Reply};
 use crate::hooks::{Failure, Hooks};
+use crate::message::{MessageHandler, Reply};
 use crate::meter::{Counts, ListenerMeter};
 
 /// What the connection should do after a batch.

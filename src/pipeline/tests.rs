@@ -12,8 +12,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::addr::Address;
 use crate::frame::{Framing, OnOversize};
-use crate::handler::{message_fn, MessageHandler};
 use crate::hooks::Hooks;
+use crate::message::{message_fn, MessageHandler};
 
 fn settings() -> Settings {
     Settings {

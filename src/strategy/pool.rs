@@ -21,7 +21,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::accept::Burst;
+use crate::burst::Burst;
 use crate::context::Context;
 use crate::dgram::DgramServer;
 use crate::driver::mailbox::{Mailbox, Msg};

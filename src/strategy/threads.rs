@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::accept::Burst;
+use crate::burst::Burst;
 use crate::context::Context;
 use crate::run;
 use crate::run::Work;
