@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,29 +24,8 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// GET `path` on the admin endpoint at `base` (`http://HOST:PORT`):
-/// (status, body).
 fn get(base: &str, path: &str) -> (u16, String) {
-    let addr = base.trim_start_matches("http://");
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
+    common::http_get(base, path)
 }
 
 fn serve_with_admin() -> (ChildGuard, String, String) {
@@ -190,13 +169,14 @@ fn readyz_fails_the_moment_the_drain_starts() {
 #[test]
 fn a_bind_that_fails_late_leaves_no_thread() {
     let _one = one_at_a_time();
+    // The engine's own threads (event loops and pool workers), by name:
+    // other tests' helper threads come and go meanwhile.
     fn threads() -> usize {
-        std::fs::read_to_string("/proc/self/status")
+        std::fs::read_dir("/proc/self/task")
             .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("Threads:"))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.starts_with("sockserv-loop") || name.starts_with("sockserv-worke"))
+            .count()
     }
     let before = threads();
     let err = Server::builder()

@@ -97,17 +97,7 @@ fn connect_from(from: &str, port: u16) -> TcpStream {
 
 /// The admin endpoint's connection list, raw JSON.
 fn connections(admin: &str) -> String {
-    let addr = admin.trim_start_matches("http://");
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET /api/connections HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body
+    common::http_get(admin, "/api/connections").1
 }
 
 fn through_haproxy(version: &str, send: &str, client_ip: &str) {
