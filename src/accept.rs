@@ -253,6 +253,19 @@ fn admit(
 ) -> Option<Admitted> {
     let listener = &shared.listener;
     let limits = &ctx.limits;
+    if ctx.proxy.is_some() && !ctx.proxy_from.is_empty() {
+        // Only the balancers may speak the PROXY protocol to us: anyone
+        // else could claim any address in a header.
+        let trusted = peer.ip().is_some_and(|ip| {
+            ctx.proxy_from
+                .iter()
+                .any(|n| n.contains(&ip.to_canonical()))
+        });
+        if !trusted && peer.ip().is_some() {
+            refused(ctx, shared, RefuseReason::Rule, &peer);
+            return None;
+        }
+    }
     if let Err(why) = ctx.access.check(&peer) {
         let why = match why {
             crate::rules::Refusal::Rule => RefuseReason::Rule,

@@ -27,6 +27,8 @@ pub(crate) struct Context {
     pub(crate) options: SocketOptions,
     /// Every connection starts with a PROXY header of these versions.
     pub(crate) proxy: Option<crate::proxy::Versions>,
+    /// The balancers allowed to send a PROXY header (empty: any address).
+    pub(crate) proxy_from: Vec<crate::rules::IpNet>,
     /// The access rules (replaceable while serving) and the rate limit.
     pub(crate) access: crate::rules::Access,
     pub(crate) shared: Arc<Shared>,

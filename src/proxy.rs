@@ -1643,7 +1643,7 @@ pub(crate) struct ProxyLayer {
 
 /// How long a connection may take to send its PROXY header (the
 /// specification asks for at least 3 s).
-pub(crate) const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl ProxyLayer {
     pub(crate) fn new(accept: Versions, now: std::time::Instant) -> ProxyLayer {

@@ -71,6 +71,7 @@ pub struct Builder {
     datagrams: DatagramPolicy,
     blocking: bool,
     proxy: Option<crate::proxy::Versions>,
+    proxy_from: Vec<crate::rules::IpNet>,
     rules: crate::Rules,
     /// Time every handler call (for the handler-duration histogram).
     timing: bool,
@@ -95,6 +96,7 @@ impl Default for Builder {
             datagrams: DatagramPolicy::default(),
             blocking: false,
             proxy: None,
+            proxy_from: Vec::new(),
             rules: crate::Rules::new(),
             timing: false,
             #[cfg(feature = "admin")]
@@ -266,9 +268,19 @@ impl Builder {
     /// client address in it becomes the connection's peer. A connection
     /// without a valid header is closed without a reply (never guessed:
     /// a client that reaches the server directly cannot pose as the
-    /// proxy); a header must arrive within 5 s. Message handlers.
+    /// proxy); a header must arrive within 3 s. Message handlers.
     pub fn proxy_protocol(mut self, versions: crate::ProxyVersions) -> Self {
         self.proxy = Some(versions);
+        self
+    }
+
+    /// With [`proxy_protocol`](Self::proxy_protocol): only these networks
+    /// (the load balancers) may connect at all; a connection from any other
+    /// address is closed before a byte is read or sent, and counted as
+    /// refused by a rule. Repeatable; without it, any address may send the
+    /// header.
+    pub fn proxy_from(mut self, net: crate::rules::IpNet) -> Self {
+        self.proxy_from.push(net);
         self
     }
 
@@ -408,6 +420,7 @@ impl Builder {
             datagrams: self.datagrams,
             options: self.options,
             proxy: self.proxy,
+            proxy_from: self.proxy_from,
             shared: Arc::clone(&shared),
         });
         let poll =

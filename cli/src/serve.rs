@@ -25,7 +25,7 @@ use crate::util::{parse_duration, parse_positive_duration};
   sockserv serve --framing line --max-frame 65536 --mode pool --workers 32 0.0.0.0:9000
   sockserv serve --dual-stack tcp://[::]:9000      # IPv6 and IPv4 on one socket
   sockserv serve --admin 127.0.0.1:9100            # metrics, health and a live status page
-  sockserv serve --proxy-protocol v2 --framing line 127.0.0.1:7000   # behind HAProxy (send-proxy-v2)
+  sockserv serve --proxy-protocol v2 --proxy-from 10.0.0.5/32 --framing line 0.0.0.0:7000   # behind HAProxy
   sockserv serve --allow 10.0.0.0/8 --deny 10.99.0.0/16 0.0.0.0:9000  # only 10/8, not 10.99/16
   sockserv serve --rules /etc/sockserv.rules 0.0.0.0:9000  # rules from a file; SIGHUP reloads it
   sockserv serve --max-conn-rate 5/s 0.0.0.0:9000  # at most 5 new connections a second per source IP
@@ -191,6 +191,12 @@ pub struct ServeArgs {
     /// it becomes the peer; a connection without one is closed.
     #[arg(long, value_name = "VERSION", value_parser = ["v1", "v2", "any"])]
     proxy_protocol: Option<String>,
+
+    /// With --proxy-protocol: the load balancers allowed to connect
+    /// (repeatable CIDR); a connection from any other address is closed
+    /// before a byte is read or sent. Default: any address.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr, requires = "proxy_protocol")]
+    proxy_from: Vec<IpNet>,
 
     /// More log output on stderr (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -430,6 +436,9 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         if let Some(v) = proxy {
             if stream {
                 builder = builder.proxy_protocol(v);
+                for net in &args.proxy_from {
+                    builder = builder.proxy_from(*net);
+                }
             }
         }
         let mut indexes = Vec::new();

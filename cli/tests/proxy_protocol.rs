@@ -19,20 +19,23 @@ use common::{free_port, wait_until, ChildGuard, TempDir, DEADLINE};
 /// `sockserv serve` with the PROXY protocol and the admin endpoint; its
 /// data port and admin URL.
 fn serve(version: &str) -> (ChildGuard, u16, String) {
-    let server = ChildGuard::serve(
-        &[
-            "--handler",
-            "echo",
-            "--framing",
-            "line",
-            "--proxy-protocol",
-            version,
-            "--admin",
-            "127.0.0.1:0",
-            "tcp://127.0.0.1:0",
-        ],
-        1,
-    );
+    serve_with(version, &[])
+}
+
+fn serve_with(version: &str, extra: &[&str]) -> (ChildGuard, u16, String) {
+    let mut args = vec![
+        "--handler",
+        "echo",
+        "--framing",
+        "line",
+        "--proxy-protocol",
+        version,
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    args.push("tcp://127.0.0.1:0");
+    let server = ChildGuard::serve(&args, 1);
     let out = server.read_stdout_until(DEADLINE, |s| s.contains("admin http://"));
     let port = server.listening[0]
         .rsplit(':')
@@ -152,4 +155,38 @@ fn a_client_without_a_header_is_closed_without_a_reply() {
     let mut line = String::new();
     BufReader::new(ok).read_line(&mut line).unwrap();
     assert_eq!(line, "ping\n");
+}
+
+#[test]
+fn only_the_balancers_may_connect_with_proxy_from() {
+    let dir = TempDir::new("haproxy-from");
+    // HAProxy connects to the server from 127.0.0.1; 127.0.0.1 is the only
+    // balancer allowed.
+    let (_server, port, admin) = serve_with("v2", &["--proxy-from", "127.0.0.1/32"]);
+    let (_proxy, front) = haproxy(&dir, port, "send-proxy-v2");
+    let mut client = connect_from("127.0.0.7", front);
+    client.write_all(b"via the balancer\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(client.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "via the balancer\n");
+    // A direct client from another address — even with a well-formed
+    // header — is closed before anything is read or sent.
+    let mut direct = connect_from("127.0.0.8", port);
+    let _ = direct.write_all(b"PROXY TCP4 192.0.2.1 127.0.0.1 40000 7000\r\nforged\n");
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        direct.read(&mut buf).unwrap_or(0),
+        0,
+        "a reply to an untrusted proxy"
+    );
+    let mut metrics = String::new();
+    assert!(
+        wait_until(DEADLINE, || {
+            metrics = common::http_get(&admin, "/metrics").1;
+            metrics.contains("reason=\"rule\"} 1")
+        }),
+        "the refusal is not counted: {metrics}"
+    );
 }
