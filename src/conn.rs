@@ -106,6 +106,25 @@ impl Connection {
         self.shared.stop.is_stopping()
     }
 
+    /// True once the drain deadline has passed and the server cut (or is
+    /// cutting) every connection.
+    pub(crate) fn is_forced(&self) -> bool {
+        self.shared.stop.is_forced()
+    }
+
+    /// The descriptor that becomes readable once the stop reaches `at`.
+    pub(crate) fn stop_fd(&self, at: StopLevel) -> std::os::fd::RawFd {
+        self.shared.stop.fd(at)
+    }
+
+    /// Open connections from this connection's peer IP, this one included
+    /// (0 for peers without an IP).
+    pub(crate) fn connections_from_peer(&self) -> usize {
+        self.peer
+            .ip()
+            .map_or(0, |ip| self.shared.tracker.connections_from(ip))
+    }
+
     /// A buffered reader over this connection (Python's `rfile`).
     pub fn reader(&self) -> BufReader<&Connection> {
         BufReader::new(self)

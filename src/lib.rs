@@ -31,7 +31,7 @@
 //! | --- | --- |
 //! | `TCPServer`, `UDPServer`, `UnixStreamServer`, `UnixDatagramServer` | one [`Server`]; the transport comes from the address (`tcp://`, `udp://`, `unix://`, `unix-dgram://`) |
 //! | plain server, `ThreadingMixIn` | a [`Strategy`] value: `Sequential`, `Threads`, `Pool` (workers run the handlers), `EventLoops`, or the default [`Strategy::auto`] |
-//! | `ForkingMixIn` | not yet (a process per connection is planned); [`Strategy::Pool`] isolates blocking handlers |
+//! | `ForkingMixIn` | a program per connection: [`Exec`] (tcpserver's environment: `PROTO`, `TCPREMOTEIP`, …); [`Strategy::Pool`] isolates blocking handlers |
 //! | `ThreadingTCPServer` and the other combinations | not types: any transport × any strategy |
 //! | `BaseRequestHandler.setup/handle/finish` | [`StreamHandler`] |
 //! | `StreamRequestHandler.rfile/wfile` | [`Connection::reader`] / [`Connection::writer`] |
@@ -64,6 +64,7 @@ mod context;
 mod dgram;
 mod driver;
 pub mod error;
+pub mod exec;
 pub mod frame;
 pub mod handler;
 pub mod handlers;
@@ -91,6 +92,7 @@ pub use config::{DatagramPolicy, DrainPolicy, Limits, OverLimit, Timeouts};
 pub use conn::Connection;
 pub use dgram::{MAX_DATAGRAM, MAX_UNIX_DATAGRAM};
 pub use error::Error;
+pub use exec::Exec;
 pub use handler::{
     AsyncStreamHandler, Handler, HandlerResult, MessageHandler, Reply, StreamHandler,
 };

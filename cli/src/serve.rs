@@ -29,6 +29,13 @@ use crate::util::{parse_duration, parse_positive_duration};
   sockserv serve --allow 10.0.0.0/8 --deny 10.99.0.0/16 0.0.0.0:9000  # only 10/8, not 10.99/16
   sockserv serve --rules /etc/sockserv.rules 0.0.0.0:9000  # rules from a file; SIGHUP reloads it
   sockserv serve --max-conn-rate 5/s 0.0.0.0:9000  # at most 5 new connections a second per source IP
+  sockserv serve tcp://127.0.0.1:7000 --exec -- sh -c 'echo \"$TCPREMOTEIP\"; exec cat'   # a program per connection
+
+With --exec PROG [ARGS]... (last on the line: everything after it belongs to
+the program) each connection runs PROG in a process group of its own, the
+socket its stdin and stdout. Its stderr is logged a line at a time with the
+client's address; its exit status is logged at -v. At the drain it gets
+SIGTERM; at the end of --drain-timeout (or 5 s after SIGTERM), SIGKILL.
 
 Access rules: the most specific matching prefix decides; with any allow rule,
 a peer that matches none is refused. A refused peer (by a rule or over
@@ -62,15 +69,33 @@ pub struct ServeArgs {
 
     /// Built-in handler: echo, upper (the seed's: replies upper-cased),
     /// discard, daytime.
-    #[arg(long, default_value = "upper", value_parser = parse_builtin)]
-    handler: Builtin,
+    /// (Default: upper.)
+    #[arg(long, value_parser = parse_builtin)]
+    handler: Option<Builtin>,
+
+    /// Run PROG for each connection, its stdin and stdout the socket,
+    /// tcpserver's variables in its environment (PROTO, TCPREMOTEIP,
+    /// TCPREMOTEPORT, TCPLOCALIP, TCPLOCALPORT, TCPCONNNUM; for Unix
+    /// sockets UNIXREMOTEUID, UNIXREMOTEGID, UNIXREMOTEPID). Everything
+    /// after --exec is the program and its arguments (`--exec -- PROG`
+    /// works too), so it comes last. Stream addresses only; --handler is
+    /// ignored; the mode is threads unless --mode says otherwise.
+    #[arg(
+        long,
+        value_name = "PROG [ARGS]...",
+        num_args = 1..,
+        allow_hyphen_values = true,
+        value_parser = clap::value_parser!(std::ffi::OsString)
+    )]
+    exec: Vec<std::ffi::OsString>,
 
     /// Concurrency: async (event loops serving many connections each; the
     /// fastest, see docs/BENCHMARKS.md), pool (worker threads run the
     /// handlers, for handlers that block; connections stay on event loops),
     /// threads (one per connection), sequential (one at a time).
-    #[arg(long, default_value = "async", value_parser = ["async", "threads", "pool", "sequential"])]
-    mode: String,
+    /// (Default: async; threads with --exec.)
+    #[arg(long, value_parser = ["async", "threads", "pool", "sequential"])]
+    mode: Option<String>,
 
     /// Event loops (async) or worker threads (pool) (default: pool 16 per
     /// core; async one event loop per core but one, at least one).
@@ -260,9 +285,30 @@ pub(crate) fn with_max_frame(
     })
 }
 
+impl ServeArgs {
+    /// The concurrency mode's name: as given, else threads for --exec and
+    /// async for the built-in handlers.
+    fn mode(&self) -> &str {
+        match &self.mode {
+            Some(m) => m,
+            None if !self.exec.is_empty() => "threads",
+            None => "async",
+        }
+    }
+
+    /// The program and arguments of --exec (a leading `--` dropped).
+    fn exec_command(&self) -> Option<(&std::ffi::OsString, &[std::ffi::OsString])> {
+        let mut cmd = &self.exec[..];
+        if cmd.first().is_some_and(|a| a == "--") {
+            cmd = &cmd[1..];
+        }
+        cmd.split_first()
+    }
+}
+
 fn strategy(args: &ServeArgs) -> Result<Strategy, CliError> {
     let base: Strategy = args
-        .mode
+        .mode()
         .parse()
         .map_err(|e: sockserv::UnknownMode| CliError::usage(e.to_string()))?;
     let workers = args.workers.map(|w| w as usize);
@@ -283,10 +329,18 @@ fn strategy(args: &ServeArgs) -> Result<Strategy, CliError> {
 /// rather than drop them silently.
 fn warn_ignored(args: &ServeArgs, endpoints: &[Endpoint], strategy: Strategy) {
     if args.workers.is_some() && matches!(strategy, Strategy::Threads | Strategy::Sequential) {
-        tracing::warn!("--workers has no effect in {} mode", args.mode);
+        tracing::warn!("--workers has no effect in {} mode", args.mode());
     }
     if args.queue.is_some() && !matches!(strategy, Strategy::Pool { .. }) {
         tracing::warn!("--queue has no effect outside pool mode");
+    }
+    if !args.exec.is_empty() {
+        if let Some(h) = args.handler {
+            tracing::warn!("--handler {h} is ignored: --exec runs a program per connection");
+        }
+        if !args.framing.is_raw() {
+            tracing::warn!("--framing has no effect with --exec: the program reads the stream");
+        }
     }
     if !args.framing.is_raw() && endpoints.iter().any(|a| !a.transport().is_stream()) {
         tracing::warn!("--framing does not apply to datagram addresses: a datagram is one message");
@@ -380,6 +434,32 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         .flatten()
         .map(|s| s.endpoint().clone())
         .collect();
+    let exec = if args.exec.is_empty() {
+        None
+    } else {
+        let Some((program, prog_args)) = args.exec_command() else {
+            return Err(CliError::usage(
+                "--exec needs a program: --exec PROG [ARGS]...",
+            ));
+        };
+        if let Some(ep) = endpoints.iter().find(|e| !e.transport().is_stream()) {
+            return Err(CliError::usage(format!(
+                "--exec serves stream addresses only (tcp://, unix://), not {ep}"
+            )));
+        }
+        Some(sockserv::Exec::new(
+            program.clone(),
+            prog_args.iter().cloned(),
+        ))
+    };
+    let handler_name = match &exec {
+        Some(_) => format!(
+            "exec {}",
+            args.exec_command()
+                .map_or(std::borrow::Cow::Borrowed(""), |(p, _)| p.to_string_lossy())
+        ),
+        None => args.handler.unwrap_or(Builtin::Upper).to_string(),
+    };
     warn_ignored(&args, &endpoints, strategy);
     let proxy = args.proxy_protocol.as_deref().map(|v| match v {
         "v1" => ProxyVersions::V1,
@@ -424,7 +504,10 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             continue;
         }
         let mut builder = Server::builder()
-            .handler(args.handler.handler(stream))
+            .handler(match &exec {
+                Some(e) => sockserv::Handler::stream(e.clone()),
+                None => args.handler.unwrap_or(Builtin::Upper).handler(stream),
+            })
             .framing(framing.clone())
             .strategy(strategy)
             .socket_options(options.clone())
@@ -498,7 +581,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         }
         let _ = out.flush();
     }
-    tracing::info!(mode = %strategy, handler = %args.handler, framing = %framing, "serving");
+    tracing::info!(mode = %strategy, handler = %handler_name, framing = %framing, "serving");
 
     let stopping = std::sync::Arc::new(std::sync::Once::new());
     let signal_handles = handles.clone();
