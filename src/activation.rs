@@ -217,3 +217,21 @@ pub fn take_listeners() -> Result<Vec<InheritedSocket>, Error> {
     }
     Ok(sockets)
 }
+
+#[cfg(test)]
+mod foreign_pid {
+    /// Variables meant for another process are neither read nor removed,
+    /// and no descriptor is taken. (The command's tests cover the sockets
+    /// themselves, with systemd-socket-activate; this case would make the
+    /// command fall back to its fixed default address.)
+    #[test]
+    fn listen_fds_for_another_process_are_ignored() {
+        std::env::set_var("LISTEN_PID", "1");
+        std::env::set_var("LISTEN_FDS", "1");
+        assert_eq!(super::listen_fds(), None);
+        assert!(super::take_listeners().unwrap().is_empty());
+        assert_eq!(std::env::var("LISTEN_FDS").as_deref(), Ok("1"), "left alone");
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDS");
+    }
+}
