@@ -230,7 +230,11 @@ mod foreign_pid {
         std::env::set_var("LISTEN_FDS", "1");
         assert_eq!(super::listen_fds(), None);
         assert!(super::take_listeners().unwrap().is_empty());
-        assert_eq!(std::env::var("LISTEN_FDS").as_deref(), Ok("1"), "left alone");
+        assert_eq!(
+            std::env::var("LISTEN_FDS").as_deref(),
+            Ok("1"),
+            "left alone"
+        );
         std::env::remove_var("LISTEN_PID");
         std::env::remove_var("LISTEN_FDS");
     }
