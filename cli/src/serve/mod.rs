@@ -1,17 +1,18 @@
-//! `sockserv serve`: run built-in handlers on one or more addresses.
+//! `sockserv serve`: run built-in handlers or a program per connection on
+//! one or more addresses. The options are here; [`plan`] binds what they
+//! ask for, [`life`] serves it until a signal ends it.
 
-use std::io::Write;
+mod life;
+mod plan;
+
 use std::time::Duration;
 
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use sockserv::frame::{Framing, OnOversize};
+use sockserv::frame::Framing;
 use sockserv::rules::IpNet;
-use sockserv::{
-    DrainPolicy, Endpoint, Limits, OverLimit, ProxyVersions, Rate, Rules, Server, SocketOptions,
-    Strategy, Timeouts,
-};
+use sockserv::{Endpoint, Rate, Rules, Strategy};
 
 use crate::builtin::Builtin;
 use crate::error::CliError;
@@ -347,11 +348,12 @@ fn warn_ignored(args: &ServeArgs, endpoints: &[Endpoint], strategy: Strategy) {
     }
 }
 
-/// SIGHUP with --rules: the command line's rules and the file's, put in
-/// force for the connections accepted from now on; a file that cannot be
-/// read or parsed keeps the rules in force.
-fn reload_rules(file: &Path, allow: &[IpNet], deny: &[IpNet], handles: &[sockserv::RulesHandle]) {
-    match load_rules(allow, deny, Some(file)) {
+/// SIGHUP with --rules: the fixed rules and the file's, put in force for
+/// the connections accepted from now on; a file that cannot be read or
+/// parsed keeps the rules in force.
+fn reload_rules(source: &plan::RulesSource, handles: &[sockserv::RulesHandle]) {
+    let file = &source.file;
+    match load_rules(&source.allow, &source.deny, Some(file)) {
         Ok(rules) => {
             for h in handles {
                 h.set(rules.clone());
@@ -369,322 +371,11 @@ fn reload_rules(file: &Path, allow: &[IpNet], deny: &[IpNet], handles: &[sockser
     }
 }
 
+/// `sockserv serve`: binds what `args` asks for, then serves it.
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
     // Kept to the end of `run`: the queued log lines are written out then.
     let _log = crate::logging::init(args.verbose);
-    let on_oversize = if args.on_oversize == "skip" {
-        OnOversize::Skip
-    } else {
-        OnOversize::Close
-    };
-    let framing = with_max_frame(&args.framing, args.max_frame)?.with_on_oversize(on_oversize);
-    let options = SocketOptions::default()
-        .reuse_port(args.reuse_port)
-        .backlog(args.backlog)
-        .nodelay(args.nodelay)
-        .v6only(Some(!args.dual_stack));
-    let mut limits = Limits::new().over_limit(if args.over_limit == "close" {
-        OverLimit::Close
-    } else {
-        OverLimit::Wait
-    });
-    limits.max_connections = args.max_conns.map(|n| n as usize);
-    limits.max_connections_per_ip = args.max_conns_per_ip.map(|n| n as usize);
-    limits.max_conn_rate = args.max_conn_rate;
-    let rules =
-        load_rules(&args.allow, &args.deny, args.rules.as_deref()).map_err(CliError::usage)?;
-    limits.limit_message = args
-        .limit_message
-        .as_ref()
-        .map(|m| format!("{m}\n").into_bytes());
-    let mut timeouts = Timeouts::new().write(Some(args.write_timeout));
-    timeouts.idle = args.idle_timeout;
-    timeouts.read = args.read_timeout;
-    let drain = DrainPolicy::new().grace(args.drain_timeout);
-    let strategy = strategy(&args)?;
-    // What to serve: the addresses given; without any, the sockets a
-    // service manager passed (LISTEN_FDS for this process); else the
-    // seed's address.
-    let mut sources: Vec<Option<Listen>> = if !args.addrs.is_empty() {
-        args.addrs
-            .iter()
-            .cloned()
-            .map(Listen::Addr)
-            .map(Some)
-            .collect()
-    } else if sockserv::activation::listen_fds().is_some() {
-        let inherited = sockserv::activation::take_listeners().map_err(CliError::runtime)?;
-        if inherited.is_empty() {
-            return Err(CliError::runtime(
-                "LISTEN_FDS passes no sockets: nothing to serve (give an ADDR)",
-            ));
-        }
-        inherited
-            .into_iter()
-            .map(Listen::Socket)
-            .map(Some)
-            .collect()
-    } else {
-        vec![Some(Listen::Addr(DEFAULT_ADDR.parse().map_err(
-            |e: sockserv::addr::ParseEndpointError| CliError::runtime(e),
-        )?))]
-    };
-    let endpoints: Vec<Endpoint> = sources
-        .iter()
-        .flatten()
-        .map(|s| s.endpoint().clone())
-        .collect();
-    let exec = if args.exec.is_empty() {
-        None
-    } else {
-        let Some((program, prog_args)) = args.exec_command() else {
-            return Err(CliError::usage(
-                "--exec needs a program: --exec PROG [ARGS]...",
-            ));
-        };
-        if let Some(ep) = endpoints.iter().find(|e| !e.transport().is_stream()) {
-            return Err(CliError::usage(format!(
-                "--exec serves stream addresses only (tcp://, unix://), not {ep}"
-            )));
-        }
-        Some(sockserv::Exec::new(
-            program.clone(),
-            prog_args.iter().cloned(),
-        ))
-    };
-    let handler_name = match &exec {
-        Some(_) => format!(
-            "exec {}",
-            args.exec_command()
-                .map_or(std::borrow::Cow::Borrowed(""), |(p, _)| p.to_string_lossy())
-        ),
-        None => args.handler.unwrap_or(Builtin::Upper).to_string(),
-    };
-    warn_ignored(&args, &endpoints, strategy);
-    let proxy = args.proxy_protocol.as_deref().map(|v| match v {
-        "v1" => ProxyVersions::V1,
-        "v2" => ProxyVersions::V2,
-        _ => ProxyVersions::Both,
-    });
-
-    // Install the signal handlers before anything is bound or printed: a
-    // SIGTERM right after the `listening` line must drain, not kill.
-    let mut caught = vec![signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM];
-    if args.rules.is_some() {
-        // SIGHUP: reload the rules file.
-        caught.push(signal_hook::consts::SIGHUP);
-    }
-    let mut signals = signal_hook::iterator::Signals::new(caught)
-        .map_err(|e| CliError::runtime(format!("cannot install signal handlers: {e}")))?;
-    if args.rules.is_none() {
-        // A terminal hang-up (or a reload request from a service manager)
-        // must never kill the server without a drain.
-        // SAFETY: SIG_IGN is a valid disposition for SIGHUP.
-        unsafe {
-            libc::signal(libc::SIGHUP, libc::SIG_IGN);
-        }
-    }
-
-    // One server for the stream addresses and one for the datagram ones:
-    // each gets the handler that fits its transport, the limits count
-    // across all the addresses of a server, and all stop together.
-    let mut servers = Vec::new();
-    let mut order = Vec::new();
-    for stream in [true, false] {
-        let picked: Vec<(usize, Listen)> = sources
-            .iter_mut()
-            .enumerate()
-            .filter(|(_, s)| {
-                s.as_ref()
-                    .is_some_and(|s| s.endpoint().transport().is_stream() == stream)
-            })
-            .filter_map(|(i, s)| s.take().map(|s| (i, s)))
-            .collect();
-        if picked.is_empty() {
-            continue;
-        }
-        let mut builder = Server::builder()
-            .handler(match &exec {
-                Some(e) => sockserv::Handler::stream(e.clone()),
-                None => args.handler.unwrap_or(Builtin::Upper).handler(stream),
-            })
-            .framing(framing.clone())
-            .strategy(strategy)
-            .socket_options(options.clone())
-            .limits(limits.clone())
-            .rules(rules.clone())
-            .timeouts(timeouts)
-            .drain(drain)
-            .time_handlers(args.admin.is_some());
-        if let Some(v) = proxy {
-            if stream {
-                builder = builder.proxy_protocol(v);
-                for net in &args.proxy_from {
-                    builder = builder.proxy_from(*net);
-                }
-            }
-        }
-        let mut indexes = Vec::new();
-        for (index, source) in picked {
-            indexes.push(index);
-            builder = match source {
-                Listen::Addr(ep) => builder.listen(ep),
-                Listen::Socket(s) => {
-                    tracing::info!(
-                        fd = s.fd(),
-                        name = s.name().unwrap_or("-"),
-                        "serving the inherited socket {}",
-                        s.endpoint()
-                    );
-                    builder.listen_socket(s)
-                }
-            };
-        }
-        let server = builder.bind().map_err(|e| {
-            if e.is_usage() {
-                CliError::usage(e)
-            } else {
-                CliError::runtime(e)
-            }
-        })?;
-        for (index, bound) in indexes.iter().zip(server.local_endpoints()) {
-            order.push((*index, bound.clone()));
-        }
-        servers.push(server);
-    }
-    order.sort_by_key(|(index, _)| *index);
-    let handles: Vec<_> = servers.iter().map(Server::shutdown_handle).collect();
-    let admin = match &args.admin {
-        Some(addr) => {
-            let mut config = sockserv::admin::AdminConfig::new(addr.clone());
-            config.public = args.admin_public;
-            let source = crate::admin::Combined::new(handles.clone());
-            Some(
-                sockserv::admin::start(config, std::sync::Arc::new(source)).map_err(|e| {
-                    if e.is_usage() {
-                        CliError::usage(e)
-                    } else {
-                        CliError::runtime(e)
-                    }
-                })?,
-            )
-        }
-        None => None,
-    };
-    {
-        let mut out = std::io::stdout().lock();
-        for (_, endpoint) in &order {
-            let _ = writeln!(out, "listening {endpoint}");
-        }
-        if let Some(a) = &admin {
-            let _ = writeln!(out, "admin {}", a.url());
-        }
-        let _ = out.flush();
-    }
-    tracing::info!(mode = %strategy, handler = %handler_name, framing = %framing, "serving");
-
-    let stopping = std::sync::Arc::new(std::sync::Once::new());
-    let signal_handles = handles.clone();
-    let rules_handles: Vec<_> = servers.iter().map(Server::rules_handle).collect();
-    let reload = args
-        .rules
-        .clone()
-        .map(|file| (file, args.allow.clone(), args.deny.clone()));
-    let signal_stopping = std::sync::Arc::clone(&stopping);
-    std::thread::spawn(move || {
-        for sig in signals.forever() {
-            if sig == signal_hook::consts::SIGHUP {
-                if let Some((file, allow, deny)) = &reload {
-                    reload_rules(file, allow, deny, &rules_handles);
-                }
-                continue;
-            }
-            tracing::info!("signal {sig}: shutting down");
-            signal_stopping.call_once(|| notify("STOPPING=1"));
-            for h in &signal_handles {
-                h.request();
-            }
-        }
-    });
-
-    let threads: Vec<_> = servers
-        .into_iter()
-        .map(|s| std::thread::spawn(move || s.serve_forever()))
-        .collect();
-    // Every listener is open (the kernel queues connections from here) and
-    // has its serving thread.
-    let summary: Vec<String> = order.iter().map(|(_, ep)| ep.to_string()).collect();
-    notify(&format!(
-        "READY=1\nSTATUS=serving {} listener{}: {}",
-        summary.len(),
-        if summary.len() == 1 { "" } else { "s" },
-        summary.join(", ")
-    ));
-    // The watchdog pings while serving; it ends at the drain (a stop was
-    // requested) or when `_watchdog_stop` is dropped at the end of `run`.
-    let (_watchdog_stop, watchdog_rx) = std::sync::mpsc::channel::<()>();
-    if let Some(every) = sockserv::notify::watchdog_interval() {
-        let watched = handles.clone();
-        std::thread::spawn(move || {
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                watchdog_rx.recv_timeout(every)
-            {
-                if watched.iter().any(|h| h.is_requested()) {
-                    break;
-                }
-                notify("WATCHDOG=1");
-            }
-        });
-    }
-    let mut failure = None;
-    for t in threads {
-        match t.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                // One listener failed: stop the others too.
-                stopping.call_once(|| notify("STOPPING=1"));
-                for h in &handles {
-                    h.request();
-                }
-                failure.get_or_insert(CliError::runtime(e));
-            }
-            Err(_) => {
-                failure.get_or_insert(CliError::runtime("a server thread failed"));
-            }
-        }
-    }
-    // The admin endpoint answers (503 on /readyz) until the drain is over.
-    drop(admin);
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
-/// The seed's address, served when no ADDR is given and no sockets are
-/// passed by a service manager.
-const DEFAULT_ADDR: &str = "tcp://127.0.0.1:9999";
-
-/// One listener to serve: an address to bind or a socket passed by the
-/// service manager.
-enum Listen {
-    Addr(Endpoint),
-    Socket(sockserv::activation::InheritedSocket),
-}
-
-impl Listen {
-    fn endpoint(&self) -> &Endpoint {
-        match self {
-            Listen::Addr(ep) => ep,
-            Listen::Socket(s) => s.endpoint(),
-        }
-    }
-}
-
-/// Sends a state to the service manager (`NOTIFY_SOCKET`); nothing without
-/// one. A failure is logged, never fatal: the server serves on.
-fn notify(state: &str) {
-    if let Err(e) = sockserv::notify::notify(state) {
-        tracing::warn!("cannot notify the service manager ({state:?}): {e}");
-    }
+    let signals = life::install_signals(args.rules.is_some())?;
+    let plan = plan::from_args(args)?;
+    life::run(signals, plan)
 }
