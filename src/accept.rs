@@ -421,9 +421,11 @@ pub(crate) struct Client {
 
 /// With the PROXY protocol on: the second half of the gate, once the header
 /// from `proxy` (the socket's peer, already trusted at accept) is read.
-/// The client it names — the proxy itself for a LOCAL health check or a
-/// header without addresses — goes through the same [`gate`] as any peer
-/// at accept, and is counted under its own IP. It becomes the peer the
+/// The client it names — the proxy itself for a header without addresses,
+/// or for a LOCAL health check from a proxy not vouched for by
+/// `--proxy-from` — goes through the same [`gate`] as any peer at accept,
+/// and is counted under its own IP. A LOCAL connection from a proxy
+/// `--proxy-from` names is admitted as it is. It becomes the peer the
 /// meters show. Refused: counted with its reason and marked so in the
 /// meter (which remembers it among the closed connections when the
 /// caller drops it); the caller closes it, after the limit message if
@@ -439,8 +441,17 @@ pub(crate) fn after_header(
     if let (Some(m), true) = (&meter, info.is_relayed()) {
         m.set_proxied(info.client());
     }
-    let mut claim = |ip: IpAddr, max: Option<usize>| guard.claim_ip(ip, max);
-    match gate(ctx, info.client(), false, Some(&mut claim)) {
+    let verdict = if info.is_local() && !ctx.proxy_from.is_empty() {
+        // A trusted proxy's own connection (its health check) is no
+        // client: the trust check at accept admitted it, and it takes no
+        // client's place under the per-IP limit. (Without --proxy-from
+        // nobody vouches for the sender: it is gated like anyone.)
+        Ok(Env::new())
+    } else {
+        let mut claim = |ip: IpAddr, max: Option<usize>| guard.claim_ip(ip, max);
+        gate(ctx, info.client(), false, Some(&mut claim))
+    };
+    match verdict {
         Ok(env) => Ok(Client {
             peer: info.client().clone(),
             local: info.destination().cloned(),
