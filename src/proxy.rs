@@ -1506,6 +1506,60 @@ mod tests {
         }
     }
 
+    #[test]
+    fn proxy_info_names_the_client_and_keeps_the_real_addresses_for_local() {
+        let balancer = inet("127.0.0.1:5000").unwrap();
+        let mut relayed = proxied(inet("192.0.2.9:40000"), inet("198.51.100.7:443"));
+        relayed.tlvs = vec![
+            (ProxyInfo::TLV_ALPN, b"h2".to_vec()),
+            (ProxyInfo::TLV_AUTHORITY, b"example.com".to_vec()),
+            (ProxyInfo::TLV_UNIQUE_ID, vec![0, 1, 2]),
+        ];
+        let info = ProxyInfo::new(relayed, balancer.clone());
+        assert_eq!(info.client(), &inet("192.0.2.9:40000").unwrap());
+        assert_eq!(info.destination(), inet("198.51.100.7:443").as_ref());
+        assert_eq!(info.proxy(), &balancer);
+        assert!(info.is_relayed() && !info.is_local());
+        assert_eq!(info.alpn(), Some(&b"h2"[..]));
+        assert_eq!(info.authority(), Some("example.com"));
+        assert_eq!(info.unique_id(), Some(&[0, 1, 2][..]));
+        assert_eq!(info.tlvs().count(), 3);
+        for header in [
+            ProxyHeader::without_addresses(Command::Local),
+            proxied(None, None),
+        ] {
+            let local = header.command == Command::Local;
+            let info = ProxyInfo::new(header, balancer.clone());
+            assert_eq!(info.client(), &balancer);
+            assert_eq!(info.destination(), None);
+            assert_eq!(info.is_local(), local);
+            assert!(!info.is_relayed());
+        }
+    }
+
+    #[test]
+    fn the_plan_reads_exact_lengths() {
+        assert_eq!(
+            next_step(b"", Versions::Both),
+            Ok(Step::Read(MIN_HEADER_LEN))
+        );
+        assert_eq!(next_step(b"PRO", Versions::Both), Ok(Step::Read(12)));
+        let v1 = b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\n";
+        assert_eq!(
+            next_step(&v1[..15], Versions::Both),
+            Ok(Step::Line(V1_MAX_LEN - 15))
+        );
+        assert!(matches!(next_step(v1, Versions::Both), Ok(Step::Done(_))));
+        let v2 = v2(0x21, 0x11, &ipv4_block([1, 2, 3, 4], [5, 6, 7, 8], 1, 2));
+        assert_eq!(next_step(&v2[..15], Versions::Both), Ok(Step::Read(1)));
+        assert_eq!(next_step(&v2[..16], Versions::Both), Ok(Step::Read(12)));
+        assert_eq!(next_step(&v2[..20], Versions::Both), Ok(Step::Read(8)));
+        assert!(matches!(next_step(&v2, Versions::Both), Ok(Step::Done(_))));
+        assert_eq!(next_step(b"GET", Versions::Both), Err(ProxyError::NotProxy));
+        assert_eq!(line_take(b"abc"), 3);
+        assert_eq!(line_take(b"ab\r\nGET"), 4);
+    }
+
     // ---- properties ----
 
     /// A valid header, the bytes it is sent as, and the version.
