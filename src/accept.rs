@@ -1,21 +1,33 @@
 //! Accepting: one connection from a listener, through the gate every
-//! connection passes — the connection limits, the per-IP limit,
-//! `verify_request` — with the back-off that keeps a server alive when it
-//! runs out of descriptors. The serving thread (blocking strategies) and
-//! each event loop (which accept where they serve) call the same code.
+//! connection passes — the access rules and the rate limit, the connection
+//! limits, the per-IP limit, `verify_request` — with the back-off that
+//! keeps a server alive when it runs out of descriptors. The serving
+//! thread (blocking strategies) and each event loop (which accept where
+//! they serve) call the same code.
+//!
+//! Behind a proxy speaking the PROXY protocol the socket's peer is the
+//! proxy: accept then checks only that it is one of the trusted proxies
+//! and the connection limit, and the rest of the gate runs on the client
+//! the header names, once it is read ([`after_header`]).
 
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::addr::Address;
 use crate::config::OverLimit;
 use crate::context::Context;
+use crate::hooks::Failure;
 use crate::meter::ConnMeter;
+use crate::proxy::{ProxyHeader, ProxyInfo};
+use crate::rules::Env;
 use crate::socket::Stream;
 use crate::stats::{ClosedConnection, End, RefuseReason};
 pub(crate) use crate::tracker::Admitted;
+use crate::tracker::TrackGuard;
 
 /// A listening stream socket.
 #[derive(Debug)]
@@ -241,9 +253,82 @@ impl Acceptor {
     }
 }
 
-/// The gate after accept: the access rules and the rate limit (closed at
-/// once, not a byte sent), the connection limit and the per-IP limit (sent
-/// the limit message), `verify_request`, registration.
+/// Checks (and may claim) a client IP's place under the per-IP limit
+/// (`Some(max)`); Err: how many are open from it.
+type PerIp<'a> = dyn FnMut(IpAddr, Option<usize>) -> Result<(), usize> + 'a;
+
+/// The gate's checks on a client, in order: the access rules and the rate
+/// limit, the connection limit, the per-IP limit, `verify_request`. Ok:
+/// the `VAR=value` pairs of the rule that allowed it.
+///
+/// One function for the two moments the gate runs. At accept, on the
+/// socket's peer. With the PROXY protocol on, the peer is the balancer,
+/// whose address says nothing about the client: then the accept checks
+/// only the connection limit (`client` is `None`), and the rest runs once
+/// the header names the client ([`after_header`]). `client` checks — and
+/// after the header also claims — the client IP's place under the per-IP
+/// limit.
+fn gate(
+    ctx: &Context,
+    peer: &Address,
+    at_limit: bool,
+    client: Option<&mut PerIp<'_>>,
+) -> Result<Env, RefuseReason> {
+    let limits = &ctx.limits;
+    let env = match &client {
+        Some(_) => ctx.access.check(peer).map_err(|why| match why {
+            crate::rules::Refusal::Rule => RefuseReason::Rule,
+            crate::rules::Refusal::Rate => RefuseReason::Rate,
+        })?,
+        None => Env::new(),
+    };
+    if at_limit {
+        tracing::info!(
+            "refused a connection: at the limit of {} connections",
+            limits.max_connections.unwrap_or(0)
+        );
+        return Err(RefuseReason::Limit);
+    }
+    let Some(per_ip) = client else {
+        return Ok(env);
+    };
+    if let Some(ip) = peer.ip() {
+        if let Err(open) = per_ip(ip, limits.max_connections_per_ip) {
+            let max = limits.max_connections_per_ip.unwrap_or(0);
+            tracing::info!(%peer, "refused: {open} connections from this address (limit {max})");
+            return Err(RefuseReason::PerIp);
+        }
+    }
+    if !ctx.hooks.verify(peer) {
+        tracing::debug!(%peer, "verify_request refused a peer");
+        return Err(RefuseReason::Verify);
+    }
+    Ok(env)
+}
+
+/// Refusals that send the limit message (if one is set) before closing;
+/// the others close without a byte.
+pub(crate) fn sends_message(why: RefuseReason) -> bool {
+    matches!(why, RefuseReason::Limit | RefuseReason::PerIp)
+}
+
+/// Only the balancers may speak the PROXY protocol to us: anyone else
+/// could claim any address in a header.
+fn trusted(ctx: &Context, peer: &Address) -> bool {
+    let Some(ip) = peer.ip() else {
+        // A Unix socket's peer is local: trusted like the socket's mode.
+        return true;
+    };
+    ctx.proxy_from.is_empty()
+        || ctx
+            .proxy_from
+            .iter()
+            .any(|n| n.contains(&ip.to_canonical()))
+}
+
+/// The gate after accept (see [`gate`]): a refused peer is closed (after
+/// the limit message for the limits), counted and remembered; an admitted
+/// one is registered with the tracker.
 fn admit(
     stream: Stream,
     peer: Address,
@@ -252,52 +337,34 @@ fn admit(
     ctx: &Context,
 ) -> Option<Admitted> {
     let listener = &shared.listener;
-    let limits = &ctx.limits;
-    if ctx.proxy.is_some() && !ctx.proxy_from.is_empty() {
-        // Only the balancers may speak the PROXY protocol to us: anyone
-        // else could claim any address in a header.
-        let trusted = peer.ip().is_some_and(|ip| {
-            ctx.proxy_from
-                .iter()
-                .any(|n| n.contains(&ip.to_canonical()))
-        });
-        if !trusted && peer.ip().is_some() {
-            refused(ctx, shared, RefuseReason::Rule, &peer);
-            return None;
-        }
-    }
-    if let Err(why) = ctx.access.check(&peer) {
-        let why = match why {
-            crate::rules::Refusal::Rule => RefuseReason::Rule,
-            crate::rules::Refusal::Rate => RefuseReason::Rate,
+    let tracker = &ctx.shared.tracker;
+    let proxied = ctx.proxy.is_some();
+    let verdict = if proxied && !trusted(ctx, &peer) {
+        Err(RefuseReason::Rule)
+    } else if proxied {
+        gate(ctx, &peer, at_limit, None)
+    } else {
+        // The place is taken at registration, below.
+        let mut room = |ip: IpAddr, max: Option<usize>| {
+            let open = tracker.connections_from(ip);
+            match max {
+                Some(max) if open >= max => Err(open),
+                _ => Ok(()),
+            }
         };
-        refused(ctx, shared, why, &peer);
-        // Dropping the stream closes it: nothing was written.
-        return None;
-    }
-    if at_limit {
-        tracing::info!(
-            "refused a connection: at the limit of {} connections",
-            limits.max_connections.unwrap_or(0)
-        );
-        refuse(&stream, ctx);
-        refused(ctx, shared, RefuseReason::Limit, &peer);
-        return None;
-    }
-    if let (Some(max), Some(ip)) = (limits.max_connections_per_ip, peer.ip()) {
-        let open = ctx.shared.tracker.connections_from(ip);
-        if open >= max {
-            tracing::info!(%peer, "refused: {open} connections from this address (limit {max})");
-            refuse(&stream, ctx);
-            refused(ctx, shared, RefuseReason::PerIp, &peer);
+        gate(ctx, &peer, at_limit, Some(&mut room))
+    };
+    let env = match verdict {
+        Ok(env) => env,
+        Err(why) => {
+            if sends_message(why) {
+                refuse(&stream, ctx);
+            }
+            // Dropping the stream closes it.
+            refused(ctx, shared, why, &peer);
             return None;
         }
-    }
-    if !ctx.hooks.verify(&peer) {
-        tracing::debug!(%peer, "verify_request refused a peer");
-        refused(ctx, shared, RefuseReason::Verify, &peer);
-        return None;
-    }
+    };
     let local = match (&stream, listener) {
         (Stream::Tcp(s), _) => {
             let setup = (|| {
@@ -324,11 +391,10 @@ fn admit(
     let tcp = matches!(stream, Stream::Tcp(_));
     let fd = stream.as_raw_fd();
     let (index, p, l) = (shared.index, peer.to_string(), local.to_string());
-    let guard = ctx
-        .shared
-        .tracker
-        .enter_conn(fd, peer.ip(), |id| ConnMeter::new(id, index, p, l, fd, tcp));
-    if let Some(m) = ctx.shared.tracker.meters().and_then(|m| m.listener(index)) {
+    // Behind a proxy the client's IP is counted once the header names it.
+    let ip = if proxied { None } else { peer.ip() };
+    let guard = tracker.enter_conn(fd, ip, |id| ConnMeter::new(id, index, p, l, fd, tcp));
+    if let Some(m) = tracker.meters().and_then(|m| m.listener(index)) {
         m.accepted();
     }
     Some(Admitted {
@@ -337,7 +403,132 @@ fn admit(
         peer,
         local,
         listener: index,
+        proxy: None,
+        env,
     })
+}
+
+/// A client a PROXY header named, through the gate.
+#[derive(Debug)]
+pub(crate) struct Client {
+    /// The connection's peer from now on.
+    pub(crate) peer: Address,
+    /// The address the client connected to on the proxy, if named.
+    pub(crate) local: Option<Address>,
+    pub(crate) proxy: Arc<ProxyInfo>,
+    pub(crate) env: Env,
+}
+
+/// With the PROXY protocol on: the second half of the gate, once the header
+/// from `proxy` (the socket's peer, already trusted at accept) is read.
+/// The client it names — the proxy itself for a header without addresses,
+/// or for a LOCAL health check from a proxy not vouched for by
+/// `--proxy-from` — goes through the same [`gate`] as any peer at accept,
+/// and is counted under its own IP. A LOCAL connection from a proxy
+/// `--proxy-from` names is admitted as it is. It becomes the peer the
+/// meters show. Refused: counted with its reason and marked so in the
+/// meter (which remembers it among the closed connections when the
+/// caller drops it); the caller closes it, after the limit message if
+/// [`sends_message`].
+pub(crate) fn after_header(
+    ctx: &Context,
+    guard: &mut TrackGuard,
+    proxy: &Address,
+    header: ProxyHeader,
+) -> Result<Client, RefuseReason> {
+    let info = ProxyInfo::new(header, proxy.clone());
+    let meter = guard.meter().cloned();
+    if let (Some(m), true) = (&meter, info.is_relayed()) {
+        m.set_proxied(info.client());
+    }
+    let verdict = if info.is_local() && !ctx.proxy_from.is_empty() {
+        // A trusted proxy's own connection (its health check) is no
+        // client: the trust check at accept admitted it, and it takes no
+        // client's place under the per-IP limit. (Without --proxy-from
+        // nobody vouches for the sender: it is gated like anyone.)
+        Ok(Env::new())
+    } else {
+        let mut claim = |ip: IpAddr, max: Option<usize>| guard.claim_ip(ip, max);
+        gate(ctx, info.client(), false, Some(&mut claim))
+    };
+    match verdict {
+        Ok(env) => Ok(Client {
+            peer: info.client().clone(),
+            local: info.destination().cloned(),
+            proxy: Arc::new(info),
+            env,
+        }),
+        Err(why) => {
+            if let Some(m) = &meter {
+                m.set_end(End::Refused(why));
+                if let Some(l) = ctx
+                    .shared
+                    .tracker
+                    .meters()
+                    .and_then(|ms| ms.listener(m.listener))
+                {
+                    l.refused(why);
+                }
+            }
+            Err(why)
+        }
+    }
+}
+
+impl Admitted {
+    /// Reads the PROXY header off the socket by exact lengths (nothing past
+    /// it: the socket is handed on whole) and passes its client through
+    /// [`after_header`]; for stream handlers and programs, on a blocking
+    /// thread. `None`: the header failed or the client was refused, and
+    /// the connection is to be dropped (closed).
+    pub(crate) fn read_proxy_header(mut self, ctx: &Context) -> Option<Admitted> {
+        let Some(accept) = ctx.proxy else {
+            return Some(self);
+        };
+        let header = crate::driver::header::read_blocking(&self.stream, accept, &ctx.shared.stop);
+        let header = match header {
+            Ok(h) => h,
+            Err(e) => {
+                header_failed(ctx, &self.guard, &self.peer, e);
+                return None;
+            }
+        };
+        match after_header(ctx, &mut self.guard, &self.peer, header) {
+            Ok(client) => {
+                self.peer = client.peer;
+                if let Some(local) = client.local {
+                    self.local = local;
+                }
+                self.proxy = Some(client.proxy);
+                self.env = client.env;
+                Some(self)
+            }
+            Err(why) => {
+                if sends_message(why) {
+                    refuse(&self.stream, ctx);
+                }
+                None
+            }
+        }
+    }
+}
+
+/// A header that failed (malformed, too long, missing in time): reported
+/// like a pipeline's layer error, and how the connection ended is marked.
+pub(crate) fn header_failed(
+    ctx: &Context,
+    guard: &TrackGuard,
+    peer: &Address,
+    e: crate::driver::header::HeaderError,
+) {
+    let end = match e {
+        crate::driver::header::HeaderError::TimedOut => End::ReadTimeout,
+        _ => End::Error,
+    };
+    if let Some(m) = guard.meter() {
+        m.set_end(end);
+    }
+    ctx.hooks.error(peer, Failure::Io(e.into_io()));
 }
 
 /// Counts a refusal and remembers it among the closed connections.
@@ -359,7 +550,7 @@ fn refused(ctx: &Context, shared: &SharedListener, why: RefuseReason, peer: &Add
 }
 
 /// Sends the limit message (best effort) and closes.
-fn refuse(stream: &Stream, ctx: &Context) {
+pub(crate) fn refuse(stream: &Stream, ctx: &Context) {
     use std::io::Write;
     let _ = stream.set_nonblocking(true);
     if let Some(msg) = &ctx.limits.limit_message {

@@ -17,6 +17,44 @@ pub(crate) enum AsyncStream {
     Unix(tokio::net::UnixStream),
 }
 
+impl AsyncStream {
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            AsyncStream::Tcp(s) => s.as_raw_fd(),
+            AsyncStream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// A system call of our own on the socket, through tokio's readiness
+    /// (a "would block" clears it, so the next wait is for a new event).
+    pub(crate) fn try_io<R>(
+        &self,
+        interest: tokio::io::Interest,
+        f: impl FnOnce() -> io::Result<R>,
+    ) -> io::Result<R> {
+        match self {
+            AsyncStream::Tcp(s) => s.try_io(interest, f),
+            AsyncStream::Unix(s) => s.try_io(interest, f),
+        }
+    }
+
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        match self {
+            AsyncStream::Tcp(s) => s.readable().await,
+            AsyncStream::Unix(s) => s.readable().await,
+        }
+    }
+
+    /// Writes what the socket takes now (best effort: the limit message).
+    pub(crate) fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            AsyncStream::Tcp(s) => s.try_write(buf),
+            AsyncStream::Unix(s) => s.try_write(buf),
+        }
+    }
+}
+
 /// One accepted connection for an [`AsyncStreamHandler`](crate::AsyncStreamHandler).
 /// It implements tokio's `AsyncRead` and `AsyncWrite`, so `AsyncReadExt`,
 /// `BufReader` and codecs work on it.
@@ -25,6 +63,7 @@ pub struct AsyncConnection {
     _guard: TrackGuard,
     stream: AsyncStream,
     peer: Address,
+    proxy: Option<Arc<crate::proxy::ProxyInfo>>,
     shared: Arc<Shared>,
 }
 
@@ -41,19 +80,27 @@ impl AsyncConnection {
         guard: TrackGuard,
         stream: AsyncStream,
         peer: Address,
+        proxy: Option<Arc<crate::proxy::ProxyInfo>>,
         shared: Arc<Shared>,
     ) -> Self {
         AsyncConnection {
             _guard: guard,
             stream,
             peer,
+            proxy,
             shared,
         }
     }
 
-    /// The client's address.
+    /// The client's address (the one a PROXY header named, behind a proxy).
     pub fn peer_addr(&self) -> &Address {
         &self.peer
+    }
+
+    /// What the PROXY header said (the proxy's address, the destination,
+    /// v2 TLVs), on a listener that takes the PROXY protocol.
+    pub fn proxy(&self) -> Option<&crate::proxy::ProxyInfo> {
+        self.proxy.as_deref()
     }
 
     /// Resolves when the server starts shutting down: finish the request

@@ -35,6 +35,9 @@ pub struct Connection {
     stream: Stream,
     peer: Address,
     local: Address,
+    proxy: Option<Arc<crate::proxy::ProxyInfo>>,
+    /// The `VAR=value` pairs of the access rule that admitted the peer.
+    env: crate::rules::Env,
     shared: Arc<Shared>,
     /// The server's connection settings (timeouts, linger).
     settings: Settings,
@@ -58,6 +61,8 @@ impl Connection {
             stream,
             peer,
             local,
+            proxy,
+            env,
             ..
         } = admitted;
         Connection {
@@ -65,6 +70,8 @@ impl Connection {
             stream,
             peer,
             local,
+            proxy,
+            env,
             read_timeout: settings.idle,
             write_timeout: settings.write,
             shared,
@@ -72,14 +79,29 @@ impl Connection {
         }
     }
 
-    /// The client's address (`client_address` in Python).
+    /// The client's address (`client_address` in Python). Behind a proxy
+    /// speaking the PROXY protocol, the client the header named.
     pub fn peer_addr(&self) -> &Address {
         &self.peer
     }
 
-    /// The server's address this connection arrived on.
+    /// The server's address this connection arrived on. Behind a proxy
+    /// speaking the PROXY protocol, the address the client connected to
+    /// on the proxy, when the header names it.
     pub fn local_addr(&self) -> &Address {
         &self.local
+    }
+
+    /// What the PROXY header said (the proxy's own address, the
+    /// destination, v2 TLVs such as the authority, ALPN and unique id), on
+    /// a listener that takes the PROXY protocol; `None` otherwise.
+    pub fn proxy(&self) -> Option<&crate::proxy::ProxyInfo> {
+        self.proxy.as_deref()
+    }
+
+    /// The `VAR=value` pairs of the access rule that admitted the peer.
+    pub(crate) fn rule_env(&self) -> &[(String, String)] {
+        &self.env
     }
 
     /// Fails reads that wait longer than `timeout` with `TimedOut`

@@ -11,7 +11,7 @@ use crate::config::{DatagramPolicy, DrainPolicy, Limits, Timeouts};
 use crate::frame::Framing;
 use crate::handler::{Handler, MessageHandler};
 use crate::hooks::Hooks;
-use crate::pipeline::{Conn, Ctx, Session, Settings};
+use crate::pipeline::{Admission, Conn, Ctx, Session, Settings};
 use crate::shutdown::Shared;
 use crate::socket::SocketOptions;
 
@@ -83,6 +83,34 @@ impl Context {
             now,
             self.shared.stop.is_stopping(),
         )
+    }
+}
+
+impl Context {
+    /// A framed connection read its PROXY header ([`Next::Admit`]): the
+    /// client it names through the gate ([`crate::accept::after_header`]),
+    /// the verdict back to the pipeline. Both drivers call this.
+    ///
+    /// [`Next::Admit`]: crate::pipeline::Next::Admit
+    pub(crate) fn admit(
+        &self,
+        conn: &mut Conn,
+        guard: &mut crate::tracker::TrackGuard,
+        now: Instant,
+    ) {
+        let (Some(header), Some(proxy)) = (conn.take_header(), conn.peer().cloned()) else {
+            return;
+        };
+        let verdict = match crate::accept::after_header(self, guard, &proxy, header) {
+            Ok(client) => Admission::Client(client.peer, client.proxy),
+            Err(why) => Admission::Refused(
+                why,
+                crate::accept::sends_message(why)
+                    .then(|| self.limits.limit_message.clone())
+                    .flatten(),
+            ),
+        };
+        conn.admit(verdict, now);
     }
 }
 

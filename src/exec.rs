@@ -11,11 +11,21 @@
 //! | `TCPREMOTEIP`, `TCPREMOTEPORT` | the client's address |
 //! | `TCPCONNNUM` | connections open from that client IP, this one included |
 //! | `UNIXREMOTEUID`, `UNIXREMOTEGID`, `UNIXREMOTEPID` | the Unix-socket client's credentials (`SO_PEERCRED`) |
+//! | `PROXY_AUTHORITY`, `PROXY_ALPN`, `PROXY_UNIQUE_ID` | the PROXY v2 TLVs 0x02, 0x01, 0x05, when the header has them |
+//! | any `VAR` | the `VAR=value` pairs of the access rule that allowed the client |
+//!
+//! Behind a proxy speaking the PROXY protocol, the client is the one the
+//! header names: `TCPREMOTEIP` and `TCPREMOTEPORT` are its address,
+//! `TCPLOCALIP` and `TCPLOCALPORT` the address it connected to on the
+//! proxy, `TCPCONNNUM` counts its connections, and the rules matched its
+//! address. The server reads exactly the header off the socket, so the
+//! program's stdin starts with the client's first byte.
 //!
 //! An IPv4 client of a dual-stack listener (`::ffff:a.b.c.d`) is reported
 //! as `TCP` with its IPv4 address. Variables of these names inherited from
 //! the server are removed, so a program never sees another connection's
-//! values.
+//! values. A rule's variables are set first, so they cannot stand in for
+//! the server's own; a TLV value with a NUL byte is not exported.
 //!
 //! What the program writes on stderr is logged a line at a time (warn
 //! level) with the client's address; its exit status is logged once (info
@@ -58,7 +68,7 @@ const POLL_EVERY: Duration = Duration::from_millis(50);
 
 /// Every variable [`Exec`] may set; each one not set for a connection is
 /// removed from the program's environment.
-const VARS: [&str; 9] = [
+const VARS: [&str; 12] = [
     "PROTO",
     "TCPLOCALIP",
     "TCPLOCALPORT",
@@ -68,6 +78,9 @@ const VARS: [&str; 9] = [
     "UNIXREMOTEUID",
     "UNIXREMOTEGID",
     "UNIXREMOTEPID",
+    "PROXY_AUTHORITY",
+    "PROXY_ALPN",
+    "PROXY_UNIQUE_ID",
 ];
 
 /// Runs a program for each connection, its stdin and stdout the socket
@@ -112,6 +125,9 @@ impl StreamHandler for Exec {
         for var in VARS {
             cmd.env_remove(var);
         }
+        for (var, value) in conn.rule_env() {
+            cmd.env(var, value);
+        }
         for (var, value) in environment(conn) {
             cmd.env(var, value);
         }
@@ -142,26 +158,43 @@ impl StreamHandler for Exec {
 }
 
 /// The program's environment for this connection.
-fn environment(conn: &Connection) -> Vec<(&'static str, String)> {
-    let mut env = Vec::new();
+fn environment(conn: &Connection) -> Vec<(&'static str, OsString)> {
+    let mut env: Vec<(&'static str, OsString)> = Vec::new();
     match conn.peer_addr() {
         Address::Inet(peer) => {
             let ip = peer.ip().to_canonical();
             env.push(("PROTO", if ip.is_ipv6() { "TCP6" } else { "TCP" }.into()));
             if let Address::Inet(local) = conn.local_addr() {
-                env.push(("TCPLOCALIP", local.ip().to_canonical().to_string()));
-                env.push(("TCPLOCALPORT", local.port().to_string()));
+                env.push(("TCPLOCALIP", local.ip().to_canonical().to_string().into()));
+                env.push(("TCPLOCALPORT", local.port().to_string().into()));
             }
-            env.push(("TCPREMOTEIP", ip.to_string()));
-            env.push(("TCPREMOTEPORT", peer.port().to_string()));
-            env.push(("TCPCONNNUM", conn.connections_from_peer().to_string()));
+            env.push(("TCPREMOTEIP", ip.to_string().into()));
+            env.push(("TCPREMOTEPORT", peer.port().to_string().into()));
+            env.push((
+                "TCPCONNNUM",
+                conn.connections_from_peer().to_string().into(),
+            ));
         }
         Address::Unix(_) => {
             env.push(("PROTO", "UNIX".into()));
             if let Some((pid, uid, gid)) = peer_cred(conn.socket().as_raw_fd()) {
-                env.push(("UNIXREMOTEUID", uid.to_string()));
-                env.push(("UNIXREMOTEGID", gid.to_string()));
-                env.push(("UNIXREMOTEPID", pid.to_string()));
+                env.push(("UNIXREMOTEUID", uid.to_string().into()));
+                env.push(("UNIXREMOTEGID", gid.to_string().into()));
+                env.push(("UNIXREMOTEPID", pid.to_string().into()));
+            }
+        }
+    }
+    if let Some(info) = conn.proxy() {
+        use std::os::unix::ffi::OsStrExt;
+        let tlvs = [
+            ("PROXY_AUTHORITY", crate::ProxyInfo::TLV_AUTHORITY),
+            ("PROXY_ALPN", crate::ProxyInfo::TLV_ALPN),
+            ("PROXY_UNIQUE_ID", crate::ProxyInfo::TLV_UNIQUE_ID),
+        ];
+        for (var, kind) in tlvs {
+            // The bytes as they are: an environment holds any but NUL.
+            if let Some(value) = info.tlv(kind).filter(|v| !v.contains(&0)) {
+                env.push((var, std::ffi::OsStr::from_bytes(value).to_os_string()));
             }
         }
     }

@@ -97,7 +97,7 @@ pub use handler::{
     AsyncStreamHandler, Handler, HandlerResult, MessageHandler, Reply, StreamHandler,
 };
 pub use hooks::Failure;
-pub use proxy::Versions as ProxyVersions;
+pub use proxy::{ProxyInfo, Versions as ProxyVersions};
 pub use rate::{ParseRateError, Rate};
 pub use rules::{Rules, RulesHandle};
 pub use server::{Builder, Handled, IntoEndpoint, Server};
@@ -109,7 +109,9 @@ pub use strategy::{Strategy, UnknownMode};
 /// part of the API: hidden from the docs, and free to change.
 #[doc(hidden)]
 pub mod __fuzz {
-    pub use crate::proxy::{parse, Parsed, ProxyError, Versions, MAX_HEADER_LEN};
+    pub use crate::proxy::{
+        line_take, next_step, parse, Parsed, ProxyError, Step, Versions, MAX_HEADER_LEN,
+    };
 }
 
 /// The README's examples, compiled as doc tests so they stay true.

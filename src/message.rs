@@ -30,17 +30,24 @@ pub struct Reply<'a> {
     /// For datagrams: where each reply ends in `out`.
     ends: Option<&'a mut Vec<usize>>,
     peer: &'a Address,
+    proxy: Option<&'a crate::proxy::ProxyInfo>,
     close: bool,
     sent: u64,
 }
 
 impl<'a> Reply<'a> {
-    pub(crate) fn framed(out: &'a mut Vec<u8>, codec: &'a Codec, peer: &'a Address) -> Self {
+    pub(crate) fn framed(
+        out: &'a mut Vec<u8>,
+        codec: &'a Codec,
+        peer: &'a Address,
+        proxy: Option<&'a crate::proxy::ProxyInfo>,
+    ) -> Self {
         Reply {
             out,
             codec: Some(codec),
             ends: None,
             peer,
+            proxy,
             close: false,
             sent: 0,
         }
@@ -56,6 +63,7 @@ impl<'a> Reply<'a> {
             codec: None,
             ends: Some(ends),
             peer,
+            proxy: None,
             close: false,
             sent: 0,
         }
@@ -82,6 +90,15 @@ impl<'a> Reply<'a> {
     /// Who sent the message.
     pub fn peer(&self) -> &Address {
         self.peer
+    }
+
+    /// What the PROXY header said about this connection (the proxy's
+    /// address, the destination, v2 TLVs such as the authority, ALPN and
+    /// unique id), on a listener that takes the PROXY protocol; `None`
+    /// otherwise and for datagrams. [`peer`](Self::peer) is already the
+    /// client it names.
+    pub fn proxy(&self) -> Option<&crate::proxy::ProxyInfo> {
+        self.proxy
     }
 
     /// Ends the connection once the replies so far are written (no effect

@@ -96,7 +96,6 @@ impl ConnMeter {
 
     /// Stores a connection's numbers (by the thread that serves it: plain
     /// relaxed stores, nobody else writes them).
-    #[allow(clippy::too_many_arguments)]
     #[inline]
     pub(crate) fn store(
         &self,
@@ -105,7 +104,6 @@ impl ConnMeter {
         last_input: Instant,
         state: ConnState,
         end: Option<End>,
-        proxied: Option<&Address>,
     ) {
         let r = Ordering::Relaxed;
         self.bytes_in.store(bytes.0, r);
@@ -122,11 +120,17 @@ impl ConnMeter {
         if let Some(end) = end {
             self.end.store(end_code(end), r);
         }
-        if self.proxied.get().is_none() {
-            if let Some(p) = proxied {
-                let _ = self.proxied.set(p.to_string());
-            }
-        }
+    }
+
+    /// The client a PROXY header named (set once, by the gate).
+    pub(crate) fn set_proxied(&self, client: &Address) {
+        let _ = self.proxied.set(client.to_string());
+    }
+
+    /// How the connection ended, when that is decided away from its
+    /// pipeline (the gate after a PROXY header, a header that never came).
+    pub(crate) fn set_end(&self, end: End) {
+        self.end.store(end_code(end), Ordering::Relaxed);
     }
 
     fn shown_peer(&self) -> String {

@@ -637,6 +637,168 @@ impl Crc32c {
     }
 }
 
+/// The shortest header of either version: v1 `PROXY UNKNOWN\r\n` (15
+/// bytes; v2 is at least 16). Reading this many bytes first never takes a
+/// byte of the application's from a valid header.
+pub const MIN_HEADER_LEN: usize = 15;
+
+/// What to read next to get the header off a socket without taking one
+/// byte past it — for a connection whose socket is handed on afterwards
+/// (to a program per connection, whose stdin *is* the socket, or to a
+/// stream handler), where bytes read past the header would be lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Read at most this many bytes: all of them are header bytes.
+    Read(usize),
+    /// A v1 line without its end yet: peek (`MSG_PEEK`) at most this many
+    /// bytes, then read exactly [`line_take`] of what the peek saw.
+    Line(usize),
+    /// The bytes held are exactly the header.
+    Done(ProxyHeader),
+}
+
+/// The plan for a reader that holds `held`, the bytes of the header read so
+/// far (and nothing after it). Exact lengths where the format gives them —
+/// the 15 bytes no header is shorter than, v2's 16 fixed bytes, then its
+/// length — and a peek for the end of a v1 line, which has none.
+pub fn next_step(held: &[u8], accept: Versions) -> Result<Step, ProxyError> {
+    match parse(held, accept)? {
+        Parsed::Done { header, .. } => return Ok(Step::Done(header)),
+        Parsed::Incomplete => {}
+    }
+    if held.len() < MIN_HEADER_LEN {
+        return Ok(Step::Read(MIN_HEADER_LEN - held.len()));
+    }
+    if held.starts_with(V2_SIGNATURE) {
+        let total = match held.get(14..16) {
+            Some(&[high, low]) => V2_FIXED_LEN + usize::from(u16::from_be_bytes([high, low])),
+            _ => V2_FIXED_LEN,
+        };
+        // `parse` is Incomplete, so `held` is shorter than `total`.
+        return Ok(Step::Read(total.saturating_sub(held.len()).max(1)));
+    }
+    // v1, no LF yet in the bytes held (`parse` would have decided).
+    Ok(Step::Line(V1_MAX_LEN.saturating_sub(held.len()).max(1)))
+}
+
+/// Of the bytes a peek saw while a v1 line is open, how many are the
+/// line's: up to and including the first LF, or all of them. Taking all of
+/// a peek without an LF is what keeps a peek loop from spinning on bytes it
+/// has already seen (the next peek only sees new ones) — and a line split
+/// across segments is never mistaken for a bad one (nginx#1400).
+pub fn line_take(peeked: &[u8]) -> usize {
+    memchr::memchr(b'\n', peeked).map_or(peeked.len(), |lf| lf + 1)
+}
+
+/// What a PROXY header said about a connection, for its handler:
+/// [`Reply::proxy`](crate::handler::Reply::proxy) for message handlers,
+/// [`Connection::proxy`](crate::Connection::proxy) and
+/// [`AsyncConnection::proxy`](crate::AsyncConnection::proxy) for stream
+/// handlers. `None` there when the listener does not take the PROXY
+/// protocol.
+///
+/// The connection's peer address *is* [`client`](Self::client) already;
+/// this adds the proxy's own address, the address the client connected to
+/// on the proxy, and the v2 TLVs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyInfo {
+    local: bool,
+    client: Address,
+    destination: Option<Address>,
+    proxy: Address,
+    tlvs: Vec<(u8, Vec<u8>)>,
+}
+
+impl ProxyInfo {
+    /// The v2 TLV type of Application-Layer Protocol Negotiation: the
+    /// protocol the client and the proxy agreed on (`h2`, `http/1.1`).
+    pub const TLV_ALPN: u8 = 0x01;
+    /// The v2 TLV type of the authority: the host name the client asked
+    /// for (TLS SNI, HTTP `Host`).
+    pub const TLV_AUTHORITY: u8 = 0x02;
+    /// The v2 TLV type of a CRC32C of the header (checked when parsed).
+    pub const TLV_CRC32C: u8 = PP2_TYPE_CRC32C;
+    /// The v2 TLV type of an opaque identifier of the connection, at most
+    /// 128 bytes (HAProxy's `unique-id`).
+    pub const TLV_UNIQUE_ID: u8 = 0x05;
+
+    /// A header received from `proxy` (the socket's peer). LOCAL (the
+    /// proxy's health check) and headers without addresses (v1 `UNKNOWN`,
+    /// v2 `UNSPEC`) keep the real endpoints, as the specification says.
+    pub(crate) fn new(header: ProxyHeader, proxy: Address) -> ProxyInfo {
+        let local = header.command == Command::Local;
+        let (client, destination) = match (local, header.source) {
+            (false, Some(source)) => (source, header.destination),
+            _ => (proxy.clone(), None),
+        };
+        ProxyInfo {
+            local,
+            client,
+            destination,
+            proxy,
+            tlvs: header.tlvs,
+        }
+    }
+
+    /// The client the proxy relays for — the connection's peer address.
+    /// The proxy's own address for a LOCAL connection or a header without
+    /// addresses.
+    pub fn client(&self) -> &Address {
+        &self.client
+    }
+
+    /// The address the client connected to, on the proxy (`None` when the
+    /// header names none).
+    pub fn destination(&self) -> Option<&Address> {
+        self.destination.as_ref()
+    }
+
+    /// The proxy: the socket's peer.
+    pub fn proxy(&self) -> &Address {
+        &self.proxy
+    }
+
+    /// True for v2 LOCAL: the proxy's own connection (a health check).
+    pub fn is_local(&self) -> bool {
+        self.local
+    }
+
+    /// True when the header named a client other than the proxy itself.
+    pub fn is_relayed(&self) -> bool {
+        self.client != self.proxy
+    }
+
+    /// The value of the first TLV of type `kind` (`TLV_*`).
+    pub fn tlv(&self, kind: u8) -> Option<&[u8]> {
+        self.tlvs
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Every TLV, as (type, value), in header order.
+    pub fn tlvs(&self) -> impl Iterator<Item = (u8, &[u8])> {
+        self.tlvs.iter().map(|(k, v)| (*k, v.as_slice()))
+    }
+
+    /// The authority TLV (0x02): the host name the client asked for, if
+    /// the proxy sent it as UTF-8.
+    pub fn authority(&self) -> Option<&str> {
+        self.tlv(Self::TLV_AUTHORITY)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The ALPN TLV (0x01): the application protocol negotiated.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.tlv(Self::TLV_ALPN)
+    }
+
+    /// The unique-id TLV (0x05).
+    pub fn unique_id(&self) -> Option<&[u8]> {
+        self.tlv(Self::TLV_UNIQUE_ID)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1344,6 +1506,60 @@ mod tests {
         }
     }
 
+    #[test]
+    fn proxy_info_names_the_client_and_keeps_the_real_addresses_for_local() {
+        let balancer = inet("127.0.0.1:5000").unwrap();
+        let mut relayed = proxied(inet("192.0.2.9:40000"), inet("198.51.100.7:443"));
+        relayed.tlvs = vec![
+            (ProxyInfo::TLV_ALPN, b"h2".to_vec()),
+            (ProxyInfo::TLV_AUTHORITY, b"example.com".to_vec()),
+            (ProxyInfo::TLV_UNIQUE_ID, vec![0, 1, 2]),
+        ];
+        let info = ProxyInfo::new(relayed, balancer.clone());
+        assert_eq!(info.client(), &inet("192.0.2.9:40000").unwrap());
+        assert_eq!(info.destination(), inet("198.51.100.7:443").as_ref());
+        assert_eq!(info.proxy(), &balancer);
+        assert!(info.is_relayed() && !info.is_local());
+        assert_eq!(info.alpn(), Some(&b"h2"[..]));
+        assert_eq!(info.authority(), Some("example.com"));
+        assert_eq!(info.unique_id(), Some(&[0, 1, 2][..]));
+        assert_eq!(info.tlvs().count(), 3);
+        for header in [
+            ProxyHeader::without_addresses(Command::Local),
+            proxied(None, None),
+        ] {
+            let local = header.command == Command::Local;
+            let info = ProxyInfo::new(header, balancer.clone());
+            assert_eq!(info.client(), &balancer);
+            assert_eq!(info.destination(), None);
+            assert_eq!(info.is_local(), local);
+            assert!(!info.is_relayed());
+        }
+    }
+
+    #[test]
+    fn the_plan_reads_exact_lengths() {
+        assert_eq!(
+            next_step(b"", Versions::Both),
+            Ok(Step::Read(MIN_HEADER_LEN))
+        );
+        assert_eq!(next_step(b"PRO", Versions::Both), Ok(Step::Read(12)));
+        let v1 = b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\n";
+        assert_eq!(
+            next_step(&v1[..15], Versions::Both),
+            Ok(Step::Line(V1_MAX_LEN - 15))
+        );
+        assert!(matches!(next_step(v1, Versions::Both), Ok(Step::Done(_))));
+        let v2 = v2(0x21, 0x11, &ipv4_block([1, 2, 3, 4], [5, 6, 7, 8], 1, 2));
+        assert_eq!(next_step(&v2[..15], Versions::Both), Ok(Step::Read(1)));
+        assert_eq!(next_step(&v2[..16], Versions::Both), Ok(Step::Read(12)));
+        assert_eq!(next_step(&v2[..20], Versions::Both), Ok(Step::Read(8)));
+        assert!(matches!(next_step(&v2, Versions::Both), Ok(Step::Done(_))));
+        assert_eq!(next_step(b"GET", Versions::Both), Err(ProxyError::NotProxy));
+        assert_eq!(line_take(b"abc"), 3);
+        assert_eq!(line_take(b"ab\r\nGET"), 4);
+    }
+
     // ---- properties ----
 
     /// A valid header, the bytes it is sent as, and the version.
@@ -1630,7 +1846,7 @@ mod tests {
 
 /// The PROXY header as a byte layer of the connection pipeline: it holds
 /// what arrives until the header is whole (at most [`MAX_HEADER_LEN`]
-/// bytes), hands the client's address to the pipeline, passes the bytes
+/// bytes), hands the header to the pipeline, passes the bytes
 /// after the header up, and then drops out of the stack. A header that
 /// does not complete within [`HEADER_TIMEOUT`] is a slow peer.
 #[derive(Debug)]
@@ -1683,13 +1899,9 @@ impl crate::pipeline::layer::Layer for ProxyLayer {
             }
             Ok((Parsed::Done { consumed, header }, buf)) => {
                 io.up.extend_from_slice(&buf[consumed..]);
-                // LOCAL (a health check of the proxy's own) and UNKNOWN
-                // keep the real endpoints.
-                if header.command == Command::Proxy {
-                    if let Some(source) = header.source {
-                        *io.peer = Some(source);
-                    }
-                }
+                // What it means (LOCAL and UNKNOWN keep the real
+                // endpoints) is `ProxyInfo`'s to say, after the gate.
+                *io.header = Some(header);
                 self.done = true;
                 self.held = Vec::new();
                 Ok(())

@@ -63,7 +63,9 @@ impl fmt::Display for Action {
 }
 
 /// One rule: a prefix, what to do with it, and the `VAR=value` pairs given
-/// with it (kept for a later use; they change nothing in matching).
+/// with it. They change nothing in matching: an `allow` rule's pairs are
+/// added to the environment of the program [`Exec`](crate::Exec) runs for
+/// a client it admits (like tcprules' `VAR="x"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     net: IpNet,
@@ -248,9 +250,15 @@ impl Rules {
 
     /// Whether `ip` is served.
     pub fn allows(&self, ip: IpAddr) -> bool {
+        self.admits(ip).is_some()
+    }
+
+    /// `Some` if `ip` is served: the `VAR=value` pairs of the rule that
+    /// allows it (none when no rule matches).
+    fn admits(&self, ip: IpAddr) -> Option<&[(String, String)]> {
         match self.matching(ip) {
-            Some(r) => r.action == Action::Allow,
-            None => !self.any_allow,
+            Some(r) => (r.action == Action::Allow).then_some(r.env.as_slice()),
+            None => (!self.any_allow).then_some(&[]),
         }
     }
 
@@ -381,17 +389,18 @@ impl Access {
     }
 
     /// The rules, then the rate limit, for a new connection from `peer`;
-    /// a refusal is logged once per burst.
-    pub(crate) fn check(&self, peer: &crate::Address) -> Result<(), Refusal> {
+    /// a refusal is logged once per burst. Ok: the `VAR=value` pairs of
+    /// the rule that decided (for a program run per connection).
+    pub(crate) fn check(&self, peer: &crate::Address) -> Result<Env, Refusal> {
         let Some(ip) = peer.ip() else {
-            return Ok(());
+            return Ok(Env::new());
         };
-        if !self.allows(ip) {
+        let Some(env) = self.rules.load().admits(ip).map(<[_]>::to_vec) else {
             self.rule_burst.hit(|more| {
                 tracing::info!(%peer, "refused by the access rules{}", also(more));
             });
             return Err(Refusal::Rule);
-        }
+        };
         if let Some(rate) = &self.rate {
             if !rate.admit(ip.to_canonical(), std::time::Instant::now()) {
                 self.rate_burst.hit(|more| {
@@ -405,9 +414,12 @@ impl Access {
                 return Err(Refusal::Rate);
             }
         }
-        Ok(())
+        Ok(env)
     }
 }
+
+/// The `VAR=value` pairs a rule adds to a program's environment.
+pub(crate) type Env = Vec<(String, String)>;
 
 fn also(more: u64) -> String {
     if more == 0 {
@@ -597,10 +609,18 @@ mod tests {
         let peer: crate::Address = crate::Address::Inet("127.0.0.3:5000".parse().unwrap());
         assert_eq!(access.check(&peer), Err(Refusal::Rule));
         access.handle().set(Rules::new());
-        assert_eq!(access.check(&peer), Ok(()));
+        assert_eq!(access.check(&peer), Ok(Vec::new()));
         assert!(access.handle().get().is_empty());
+        // The deciding rule's variables come with the verdict.
+        let mut lab = Rules::new().deny(net("127.0.0.4/32"));
+        lab.push(Rule::new(net("127.0.0.0/8"), Action::Allow).with_env("SITE", "lab"));
+        access.handle().set(lab);
+        assert_eq!(
+            access.check(&peer),
+            Ok(vec![("SITE".to_string(), "lab".to_string())])
+        );
         // Unix peers have no IP: rules do not apply.
         let deny_all = Access::new(Rules::new().allow(net("10.0.0.0/8")), None);
-        assert_eq!(deny_all.check(&crate::Address::Unix(None)), Ok(()));
+        assert_eq!(deny_all.check(&crate::Address::Unix(None)), Ok(Vec::new()));
     }
 }

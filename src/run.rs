@@ -22,6 +22,11 @@ pub(crate) fn run_work(work: Work, ctx: &Arc<Context>) {
     match work {
         Work::Conn(conn) => match &ctx.handler {
             Handler::Stream(h) => {
+                // Behind a proxy, the header first: nothing past it is
+                // read, the handler (or program) gets the rest.
+                let Some(conn) = conn.read_proxy_header(ctx) else {
+                    return;
+                };
                 let conn = Connection::new(conn, Arc::clone(&ctx.shared), ctx.settings());
                 run_stream(conn, &**h, ctx)
             }
@@ -97,9 +102,9 @@ pub(crate) async fn serve_async(
     use futures_util::FutureExt;
     use std::panic::AssertUnwindSafe;
     let crate::tracker::Admitted {
-        guard,
+        mut guard,
         stream,
-        peer,
+        mut peer,
         ..
     } = conn;
     // The conversion closes the socket if it fails: unregister it first so a
@@ -122,10 +127,33 @@ pub(crate) async fn serve_async(
         }
     };
     guard.set_socket(Some(fd));
+    let mut proxy = None;
+    if let Some(accept) = ctx.proxy {
+        // The header by exact reads, like a blocking stream handler's.
+        let header = match crate::driver::header::read_async(&stream, accept).await {
+            Ok(h) => h,
+            Err(e) => return crate::accept::header_failed(ctx, &guard, &peer, e),
+        };
+        match crate::accept::after_header(ctx, &mut guard, &peer, header) {
+            Ok(client) => {
+                peer = client.peer;
+                proxy = Some(client.proxy);
+            }
+            Err(why) => {
+                if let (true, Some(msg)) =
+                    (crate::accept::sends_message(why), &ctx.limits.limit_message)
+                {
+                    let _ = stream.try_write(msg);
+                }
+                return;
+            }
+        }
+    }
     let conn = crate::async_conn::AsyncConnection::new(
         guard,
         stream,
         peer.clone(),
+        proxy,
         Arc::clone(&ctx.shared),
     );
     match AssertUnwindSafe(handler.handle_boxed(conn))
@@ -141,7 +169,7 @@ pub(crate) async fn serve_async(
 /// Serves a framed connection with a message handler until it closes.
 fn serve_framed(admitted: Admitted, handler: &dyn MessageHandler, ctx: &Context) {
     let Admitted {
-        guard,
+        mut guard,
         stream,
         peer,
         listener,
@@ -149,8 +177,14 @@ fn serve_framed(admitted: Admitted, handler: &dyn MessageHandler, ctx: &Context)
     } = admitted;
     let mut conn = ctx.new_conn(peer, listener, Instant::now());
     let c = ctx.ctx(handler);
-    let meter = guard.meter().map(|m| &**m);
-    crate::driver::blocking::drive(&mut conn, &stream, &c, &ctx.shared.stop, meter);
+    loop {
+        let meter = guard.meter().map(|m| &**m);
+        crate::driver::blocking::drive(&mut conn, &stream, &c, &ctx.shared.stop, meter);
+        if conn.next() != crate::pipeline::Next::Admit {
+            break;
+        }
+        ctx.admit(&mut conn, &mut guard, Instant::now());
+    }
     // The guard unregisters the socket before it closes.
     drop(guard);
     drop(stream);

@@ -265,10 +265,18 @@ impl Builder {
 
     /// Every connection starts with a PROXY protocol header of these
     /// versions (the server sits behind HAProxy or a load balancer): the
-    /// client address in it becomes the connection's peer. A connection
-    /// without a valid header is closed without a reply (never guessed:
-    /// a client that reaches the server directly cannot pose as the
-    /// proxy); a header must arrive within 3 s. Message handlers.
+    /// client address in it becomes the connection's peer everywhere —
+    /// handlers, access rules, rate and per-IP limits, `verify_request`,
+    /// a program's environment, logs and meters. A connection without a
+    /// valid header is closed without a reply (never guessed: a client
+    /// that reaches the server directly cannot pose as the proxy); a
+    /// header must arrive within 3 s. Accept checks only the proxy (see
+    /// [`proxy_from`](Self::proxy_from)) and the connection limit; the
+    /// rest of the gate runs on the client once its header is read.
+    /// Every kind of handler: message handlers get what follows the
+    /// header from the pipeline, stream handlers and programs a socket
+    /// from which exactly the header was read. What the header said is
+    /// [`ProxyInfo`](crate::ProxyInfo).
     pub fn proxy_protocol(mut self, versions: crate::ProxyVersions) -> Self {
         self.proxy = Some(versions);
         self

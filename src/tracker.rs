@@ -263,6 +263,28 @@ impl TrackGuard {
         self.meter.as_ref()
     }
 
+    /// Counts this connection as one from `ip` — if fewer than `max` are
+    /// open from it (checked and counted under one lock, so connections
+    /// admitted at the same moment on other threads cannot all slip in).
+    /// For the client a PROXY header names, known only after accept: the
+    /// connection was registered without an IP (the proxy's says nothing
+    /// about the client). Err: how many are open from it.
+    pub(crate) fn claim_ip(&mut self, ip: IpAddr, max: Option<usize>) -> Result<(), usize> {
+        let mut st = self.tracker.state.lock().unwrap_or_else(|p| p.into_inner());
+        if self.ip == Some(ip) {
+            return Ok(());
+        }
+        let open = st.per_ip.get(&ip).copied().unwrap_or(0);
+        if max.is_some_and(|max| open >= max) {
+            return Err(open);
+        }
+        if let Some(old) = self.ip.replace(ip) {
+            forget_ip(&mut st, old);
+        }
+        *st.per_ip.entry(ip).or_insert(0) += 1;
+        Ok(())
+    }
+
     /// Registers (or, with `None`, unregisters) this work's socket, for the
     /// moment a socket changes hands and may be closed on an error path.
     pub(crate) fn set_socket(&self, fd: Option<RawFd>) {
@@ -287,12 +309,7 @@ impl Drop for TrackGuard {
             st.live.remove(&self.id);
         }
         if let Some(ip) = self.ip {
-            if let Some(n) = st.per_ip.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    st.per_ip.remove(&ip);
-                }
-            }
+            forget_ip(&mut st, ip);
         }
         if st.active == 0 {
             self.tracker.idle.notify_all();
@@ -315,6 +332,16 @@ impl Drop for TrackGuard {
     }
 }
 
+/// One connection from `ip` fewer.
+fn forget_ip(st: &mut TrackerState, ip: IpAddr) {
+    if let Some(n) = st.per_ip.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            st.per_ip.remove(&ip);
+        }
+    }
+}
+
 /// A connection through the gate: registered with the tracker, its socket
 /// non-blocking.
 #[derive(Debug)]
@@ -327,4 +354,8 @@ pub(crate) struct Admitted {
     pub(crate) local: Address,
     /// Which of the server's listeners it came from.
     pub(crate) listener: usize,
+    /// What its PROXY header said (stream connections, once read).
+    pub(crate) proxy: Option<Arc<crate::proxy::ProxyInfo>>,
+    /// The `VAR=value` pairs of the access rule that admitted it.
+    pub(crate) env: crate::rules::Env,
 }

@@ -297,3 +297,131 @@ fn bad_flags_are_usage_errors() {
         assert_eq!(out.code(), Some(2), "{args:?}: {}", out.stderr);
     }
 }
+
+/// Connects from `from` every `period` until `until`, one exchange each;
+/// (served, refused).
+fn paced(
+    from: &'static str,
+    at: SocketAddr,
+    period: Duration,
+    until: std::time::Instant,
+) -> (usize, usize) {
+    let (mut served, mut refused) = (0, 0);
+    let mut next = std::time::Instant::now();
+    // Bounded in count as well as in time.
+    for _ in 0..1000 {
+        let now = std::time::Instant::now();
+        if now >= until {
+            break;
+        }
+        if next > now {
+            // Pacing, not synchronisation: the rate this client connects at.
+            std::thread::sleep(next - now);
+        }
+        next += period;
+        match try_from(from, at) {
+            Outcome::Served => served += 1,
+            Outcome::Refused => refused += 1,
+        }
+    }
+    (served, refused)
+}
+
+#[test]
+fn over_the_rate_one_source_is_refused_while_a_slow_one_is_served_throughout() {
+    let (_server, at) = serve(&["--max-conn-rate", "20/s"], "tcp://127.0.0.1:0");
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    let fast = std::thread::spawn(move || paced("127.0.0.2", at, Duration::from_millis(16), until));
+    let slow =
+        std::thread::spawn(move || paced("127.0.0.3", at, Duration::from_millis(200), until));
+    let (fast_served, fast_refused) = fast.join().unwrap();
+    let (slow_served, slow_refused) = slow.join().unwrap();
+    eprintln!(
+        "60/s: {fast_served} served, {fast_refused} refused; 5/s: {slow_served} served, {slow_refused} refused"
+    );
+    assert_eq!(slow_refused, 0, "the slow source was refused");
+    assert!(
+        slow_served >= 10,
+        "the slow source made {slow_served} connections"
+    );
+    assert!(
+        fast_refused >= 30,
+        "the fast source was refused {fast_refused} times"
+    );
+    // The burst of 20, then 20 a second: about 80 in 3 s, never all.
+    assert!(
+        (20..=100).contains(&fast_served),
+        "the fast source was served {fast_served} times"
+    );
+}
+
+#[test]
+fn sighup_reloads_under_load_drop_no_connection() {
+    let dir = TempDir::new("access-reload-load");
+    let file = dir.join("rules");
+    std::fs::write(&file, "127.0.0.5/32 deny\n").unwrap();
+    let file_arg = file.display().to_string();
+    let (server, at) = serve(&["--rules", &file_arg], "tcp://127.0.0.1:0");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Eight clients from 127.0.0.2, each exchanging lines all along.
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let stop = std::sync::Arc::clone(&stop);
+            let mut s = connect_from("127.0.0.2", at);
+            std::thread::spawn(move || {
+                let mut exchanges = 0u64;
+                let mut buf = [0u8; 64];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && exchanges < 1_000_000 {
+                    let msg = format!("client {i} message {exchanges}\n");
+                    s.write_all(msg.as_bytes())
+                        .map_err(|e| format!("write: {e}"))?;
+                    let mut got = Vec::new();
+                    while got.len() < msg.len() {
+                        match s.read(&mut buf) {
+                            Ok(0) => return Err(format!("closed after {exchanges} exchanges")),
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                            Err(e) => return Err(format!("read: {e}")),
+                        }
+                    }
+                    assert_eq!(got, msg.as_bytes());
+                    exchanges += 1;
+                }
+                Ok::<u64, String>(exchanges)
+            })
+        })
+        .collect();
+    // Five reloads, each denying another address; each takes effect.
+    for n in 0..5 {
+        let denied = format!("127.0.0.{}", 10 + n);
+        std::fs::write(&file, format!("{denied}/32 deny\n127.0.0.0/8 allow\n")).unwrap();
+        common::signal_pid(server.id(), libc::SIGHUP);
+        assert!(
+            wait_until(DEADLINE, || try_from(&denied, at) == Outcome::Refused),
+            "reload {n}: {denied} is still served"
+        );
+        assert_eq!(try_from("127.0.0.3", at), Outcome::Served);
+    }
+    // A broken file: the last rules stay, the file's line is logged.
+    std::fs::write(&file, "127.0.0.0/8 allow\nbroken line\n").unwrap();
+    common::signal_pid(server.id(), libc::SIGHUP);
+    assert!(
+        wait_until(DEADLINE, || server.stderr().contains("line 2")),
+        "{}",
+        server.stderr()
+    );
+    let err = server.stderr();
+    let logged = err.lines().find(|l| l.contains("line 2")).unwrap();
+    assert!(logged.contains(&file_arg), "{logged}");
+    assert_eq!(try_from("127.0.0.14", at), Outcome::Refused);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for c in clients {
+        let n = c
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("an open connection was dropped: {e}"));
+        assert!(n > 0);
+        total += n;
+    }
+    eprintln!("{total} exchanges on 8 connections across 6 reloads, none dropped");
+}

@@ -13,11 +13,15 @@
 //!   bytes arrive, and `Done` needs no byte past `consumed`;
 //! * with `MAX_HEADER_LEN` bytes there is always a verdict;
 //! * accepting both versions gives the verdict of the version that is there;
-//! * every error's message is one non-empty line.
+//! * every error's message is one non-empty line;
+//! * the exact-read plan a socket reader follows never takes a byte past
+//!   the header, never asks for zero bytes, and ends with `parse`'s verdict.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sockserv::__fuzz::{parse, Parsed, ProxyError, Versions, MAX_HEADER_LEN};
+use sockserv::__fuzz::{
+    line_take, next_step, parse, Parsed, ProxyError, Step, Versions, MAX_HEADER_LEN,
+};
 use sockserv_fuzz::Input;
 
 const PREFIXES: [&[u8]; 7] = [
@@ -62,6 +66,55 @@ fn check(data: &[u8], accept: Versions) {
     }
 }
 
+/// The exact-read plan (`next_step`, `line_take`), as a socket's reader
+/// follows it over `data`: it never takes a byte past the header, never
+/// asks for zero bytes, and ends with `parse`'s verdict on the whole input.
+fn check_plan(data: &[u8], accept: Versions) {
+    let mut held = 0usize;
+    for _ in 0..=data.len() + 2 {
+        match next_step(&data[..held], accept) {
+            Ok(Step::Done(header)) => {
+                assert_eq!(
+                    parse(data, accept),
+                    Ok(Parsed::Done {
+                        consumed: held,
+                        header
+                    }),
+                    "the plan's header is not parse's"
+                );
+                return;
+            }
+            Err(e) => {
+                assert_eq!(
+                    parse(data, accept),
+                    Err(e),
+                    "the plan's error is not parse's"
+                );
+                return;
+            }
+            Ok(Step::Read(n)) => {
+                assert!(n > 0, "a zero-length read");
+                held += n.min(data.len() - held);
+            }
+            Ok(Step::Line(n)) => {
+                assert!(n > 0, "a zero-length peek");
+                let end = (held + n).min(data.len());
+                held += line_take(&data[held..end]);
+            }
+        }
+        if let Ok(Parsed::Done { consumed, .. }) = parse(data, accept) {
+            assert!(
+                held <= consumed,
+                "read {held} bytes of a {consumed}-byte header"
+            );
+        }
+        if held == data.len() && matches!(parse(data, accept), Ok(Parsed::Incomplete)) {
+            return;
+        }
+    }
+    panic!("the plan does not settle");
+}
+
 fn check_verdict(verdict: &Result<Parsed, ProxyError>, len: usize) {
     match verdict {
         Ok(Parsed::Done { consumed, .. }) => assert!(*consumed > 0 && *consumed <= len),
@@ -84,6 +137,7 @@ fuzz_target!(|data: &[u8]| {
         _ => Versions::Both,
     };
     check(&data, accept);
+    check_plan(&data, accept);
 
     // Accepting both versions changes nothing but the refusal of the
     // other version.

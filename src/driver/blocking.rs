@@ -61,7 +61,8 @@ pub(crate) fn drive(
         }
         let next = conn.next();
         let (events, io) = match next {
-            Next::Close | Next::Busy => return,
+            // The gate is the caller's (it holds the connection's guard).
+            Next::Close | Next::Busy | Next::Admit => return,
             Next::Resume => {
                 conn.resume(now, c);
                 continue;

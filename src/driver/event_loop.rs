@@ -561,6 +561,7 @@ impl Loop {
                     return;
                 }
                 Next::Busy => return,
+                Next::Admit => ctx.admit(&mut e.conn, &mut e.guard, now),
                 Next::Resume => match &self.workers {
                     Some(w) => {
                         if let Some(work) = e.conn.offload(&[], now, &c) {

@@ -12,6 +12,7 @@
 
 pub(crate) mod blocking;
 pub(crate) mod event_loop;
+pub(crate) mod header;
 pub(crate) mod mailbox;
 
 /// Bytes in a socket's send queue not yet acknowledged by the peer

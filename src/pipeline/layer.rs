@@ -12,8 +12,6 @@
 use std::fmt;
 use std::time::Instant;
 
-use crate::addr::Address;
-
 /// What a layer may produce while reading.
 pub(crate) struct LayerIo<'a> {
     /// Bytes for the stage above (the next layer, or the framing).
@@ -22,8 +20,9 @@ pub(crate) struct LayerIo<'a> {
     /// PROXY header never writes here; TLS will.
     #[allow(dead_code)]
     pub(crate) wire: &'a mut Vec<u8>,
-    /// The peer's real address, when the layer learns it (PROXY header).
-    pub(crate) peer: &'a mut Option<Address>,
+    /// The PROXY header, when the layer has read it: the connection then
+    /// waits for the gate to admit the client it names.
+    pub(crate) header: &'a mut Option<crate::proxy::ProxyHeader>,
 }
 
 /// A layer broke: the connection is closed without a reply.

@@ -85,6 +85,11 @@ pub(crate) enum Next {
     /// The handler runs elsewhere (a worker pool): wait for
     /// [`Conn::offload_done`], or the deadline.
     Busy,
+    /// A PROXY header has been read: take it ([`Conn::take_header`]), pass
+    /// the client it names through the gate, and report the verdict with
+    /// [`Conn::admit`]. Nothing after the header reaches the handler
+    /// before that: a client the gate refuses gets no handler call.
+    Admit,
     /// Close the socket; [`Conn::end`] says why.
     Close,
 }
@@ -138,8 +143,21 @@ pub(crate) struct Conn {
     bytes_out: u64,
     /// The session's counts as last seen (while it is away on a worker).
     last_counts: std::cell::Cell<Counts>,
-    /// A layer (the PROXY header) named the real peer.
-    proxied: bool,
+    /// A layer read the PROXY header, and the gate has not yet ruled on
+    /// the client it names.
+    gating: bool,
+    /// That header, until the driver takes it.
+    header: Option<crate::proxy::ProxyHeader>,
+}
+
+/// The gate's verdict on the client a PROXY header named.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// Served, as this peer (and with what the header said).
+    Client(Address, std::sync::Arc<crate::proxy::ProxyInfo>),
+    /// Refused: closed, after `message` if there is one (the limit
+    /// message), else at once without a byte sent.
+    Refused(crate::stats::RefuseReason, Option<Vec<u8>>),
 }
 
 impl Conn {
@@ -173,7 +191,8 @@ impl Conn {
             bytes_in: 0,
             bytes_out: 0,
             last_counts: std::cell::Cell::new(Counts::default()),
-            proxied: false,
+            gating: false,
+            header: None,
         };
         if draining {
             conn.begin_drain(now);
@@ -202,6 +221,9 @@ impl Conn {
         }
         if self.session.is_none() {
             return Next::Busy;
+        }
+        if self.gating {
+            return Next::Admit;
         }
         if self.sent < self.out.len() {
             return Next::Write;
@@ -344,6 +366,10 @@ impl Conn {
         let Some(bytes) = self.up_through_layers(session, data, ctx) else {
             return Flow::Close;
         };
+        if self.gating {
+            session.hold(&bytes);
+            return Flow::Continue;
+        }
         let mut plain = Vec::new();
         let flow = session.feed(&bytes, ctx, &mut plain, self.settings.max_backlog);
         self.send_down(&plain, ctx, session.peer(), now);
@@ -359,13 +385,13 @@ impl Conn {
         ctx: &Ctx<'_>,
     ) -> Option<Vec<u8>> {
         let mut bytes = data.to_vec();
-        let mut peer = None;
+        let mut header = None;
         for layer in &mut self.layers {
             let mut up = Vec::new();
             let mut io = LayerIo {
                 up: &mut up,
                 wire: &mut self.out,
-                peer: &mut peer,
+                header: &mut header,
             };
             if let Err(e) = layer.input(&bytes, &mut io) {
                 ctx.hooks.error(
@@ -378,9 +404,9 @@ impl Conn {
             }
             bytes = up;
         }
-        if let Some(peer) = peer {
-            session.set_peer(peer);
-            self.proxied = true;
+        if header.is_some() {
+            self.header = header;
+            self.gating = true;
         }
         self.layers.retain(|l| !l.is_transparent());
         Some(bytes)
@@ -468,6 +494,12 @@ impl Conn {
             data.to_vec()
         } else {
             match self.up_through_layers(&mut session, data, ctx) {
+                Some(bytes) if self.gating => {
+                    // The gate first; the handler gets these after it.
+                    session.hold(&bytes);
+                    self.session = Some(session);
+                    return None;
+                }
                 Some(bytes) => bytes,
                 None => {
                     self.session = Some(session);
@@ -735,16 +767,44 @@ impl Conn {
             self.last_input,
             state,
             self.end,
-            self.proxied_peer(),
         );
     }
 
-    /// The peer as a layer (the PROXY header) named it, once it has.
-    pub(crate) fn proxied_peer(&self) -> Option<&Address> {
-        if self.proxied {
-            self.session.as_ref().map(Session::peer)
-        } else {
-            None
+    /// The peer as the socket has it (the proxy's address until the gate
+    /// admitted the client a PROXY header named).
+    pub(crate) fn peer(&self) -> Option<&Address> {
+        self.session.as_ref().map(Session::peer)
+    }
+
+    /// The PROXY header read (once, at [`Next::Admit`]).
+    pub(crate) fn take_header(&mut self) -> Option<crate::proxy::ProxyHeader> {
+        self.header.take()
+    }
+
+    /// The gate ruled on the client of the PROXY header.
+    pub(crate) fn admit(&mut self, verdict: Admission, now: Instant) {
+        self.gating = false;
+        match verdict {
+            Admission::Client(peer, info) => {
+                if let Some(session) = self.session.as_mut() {
+                    session.set_peer(peer);
+                    session.set_proxy(info);
+                }
+            }
+            Admission::Refused(reason, message) => {
+                self.end = Some(End::Refused(reason));
+                if let Some(session) = self.session.as_mut() {
+                    session.discard();
+                }
+                match message {
+                    Some(msg) if !msg.is_empty() => {
+                        self.out.extend_from_slice(&msg);
+                        self.out_grew(now);
+                        self.phase = Phase::Closing;
+                    }
+                    _ => self.phase = Phase::Done,
+                }
+            }
         }
     }
 }

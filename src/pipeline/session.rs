@@ -46,6 +46,8 @@ pub(crate) struct Session {
     /// replies waiting to be written passed the limit.
     held: bool,
     peer: Address,
+    /// What the PROXY header said, once the gate admitted its client.
+    proxy: Option<Arc<crate::proxy::ProxyInfo>>,
     counts: Counts,
     /// Times each handler call into this histogram (when the admin
     /// endpoint asks for it).
@@ -60,6 +62,7 @@ impl Session {
             pending: Vec::new(),
             held: false,
             peer,
+            proxy: None,
             counts: Counts::default(),
             timing: None,
         }
@@ -81,6 +84,24 @@ impl Session {
     /// The peer's address as a layer below learnt it (the PROXY header).
     pub(crate) fn set_peer(&mut self, peer: Address) {
         self.peer = peer;
+    }
+
+    /// What the PROXY header said, for the handler ([`Reply::proxy`]).
+    pub(crate) fn set_proxy(&mut self, info: Arc<crate::proxy::ProxyInfo>) {
+        self.proxy = Some(info);
+    }
+
+    /// Keeps `data` undecoded until [`Session::resume`] (input that
+    /// arrived with a PROXY header waits for the gate).
+    pub(crate) fn hold(&mut self, data: &[u8]) {
+        self.pending.extend_from_slice(data);
+        self.held = !self.pending.is_empty();
+    }
+
+    /// Drops every byte kept: the connection is refused.
+    pub(crate) fn discard(&mut self) {
+        self.pending = Vec::new();
+        self.held = false;
     }
 
     /// Frames finished so far, handled or dropped as oversized: when this
@@ -222,7 +243,7 @@ impl Session {
     fn call(&mut self, frame: &[u8], ctx: &Ctx<'_>, out: &mut Vec<u8>) -> Flow {
         self.counts.frames += 1;
         let mark = out.len();
-        let mut reply = Reply::framed(out, &self.codec, &self.peer);
+        let mut reply = Reply::framed(out, &self.codec, &self.peer, self.proxy.as_deref());
         let started = self.timing.as_ref().map(|_| Instant::now());
         let result = catch_unwind(AssertUnwindSafe(|| ctx.handler.handle(frame, &mut reply)));
         if let (Some(t), Some(m)) = (started, &self.timing) {

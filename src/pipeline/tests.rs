@@ -137,7 +137,7 @@ impl Fake {
                     self.shut = true;
                     self.conn.shut_down(self.now);
                 }
-                Next::Busy => return next,
+                Next::Busy | Next::Admit => return next,
                 Next::Close => {
                     self.closed = true;
                     return next;
@@ -531,4 +531,78 @@ fn a_linger_waits_for_unacknowledged_replies() {
     // Once the peer has them all, the draining connection closes.
     fake.unacked = 0;
     assert_eq!(fake.advance(Duration::from_millis(10)), Next::Close);
+}
+
+/// A connection behind a proxy: the header in front of the first request.
+fn behind_proxy(handler: Arc<dyn MessageHandler>) -> Fake {
+    let mut fake = Fake::with(&Framing::line(), settings(), handler);
+    let layer = crate::proxy::ProxyLayer::new(crate::proxy::Versions::Both, fake.now);
+    fake.conn = Conn::new(
+        Session::new(&Framing::line(), peer()),
+        vec![Box::new(layer)],
+        settings(),
+        fake.now,
+        false,
+    );
+    fake
+}
+
+/// A handler that counts its calls and echoes the peer it was told.
+fn peer_echo(calls: Arc<AtomicUsize>) -> Arc<dyn MessageHandler> {
+    Arc::new(message_fn(move |_m, r| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        let text = format!("{}", r.peer());
+        let via = r.proxy().map(|p| p.proxy().to_string()).unwrap_or_default();
+        r.send(format!("{text} via {via}").as_bytes())?;
+        Ok(())
+    }))
+}
+
+#[test]
+fn a_proxy_header_waits_for_the_gate_before_the_handler() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let header = b"PROXY TCP4 192.0.2.9 192.0.2.1 40000 7000\r\n";
+    // The header split in two, the second part with two requests.
+    let mut fake = behind_proxy(peer_echo(Arc::clone(&calls)));
+    fake.send(&header[..10]);
+    fake.send(&[&header[10..], &b"a\nb\n"[..]].concat());
+    assert_eq!(fake.run(), Next::Admit);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "the handler ran before the gate"
+    );
+    assert!(fake.received.is_empty());
+    let h = fake.conn.take_header().expect("the header");
+    let info = crate::proxy::ProxyInfo::new(h, peer());
+    assert_eq!(fake.conn.peer(), Some(&peer()), "the proxy until admitted");
+    let client = info.client().clone();
+    fake.conn
+        .admit(Admission::Client(client, Arc::new(info)), fake.now);
+    assert_eq!(fake.run(), Next::Read);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        fake.received,
+        b"192.0.2.9:40000 via 127.0.0.1:4000\n192.0.2.9:40000 via 127.0.0.1:4000\n"
+    );
+}
+
+#[test]
+fn a_refused_client_gets_no_handler_and_no_byte_or_the_limit_message() {
+    for message in [None, Some(b"busy\n".to_vec())] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut fake = behind_proxy(peer_echo(Arc::clone(&calls)));
+        fake.send(b"PROXY TCP4 192.0.2.9 192.0.2.1 40000 7000\r\nhello\n");
+        assert_eq!(fake.run(), Next::Admit);
+        assert!(fake.conn.take_header().is_some());
+        let reason = crate::stats::RefuseReason::PerIp;
+        fake.conn
+            .admit(Admission::Refused(reason, message.clone()), fake.now);
+        fake.fin();
+        let next = fake.run();
+        assert!(matches!(next, Next::Close | Next::Read), "{next:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert_eq!(fake.received, message.clone().unwrap_or_default());
+        assert_eq!(fake.conn.end(), Some(End::Refused(reason)));
+    }
 }
