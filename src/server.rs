@@ -79,6 +79,8 @@ pub struct Builder {
     admin: Option<crate::admin::AdminConfig>,
     timeout: Option<Duration>,
     service_interval: Option<Duration>,
+    /// The one connection to serve instead of listeners (inetd).
+    connected: Option<Result<crate::connected::Connected, Error>>,
 }
 
 impl Default for Builder {
@@ -103,6 +105,7 @@ impl Default for Builder {
             admin: None,
             timeout: None,
             service_interval: None,
+            connected: None,
         }
     }
 }
@@ -185,6 +188,28 @@ impl Builder {
     /// (to pick some of them, or to split them between servers).
     pub fn listen_socket(mut self, socket: crate::activation::InheritedSocket) -> Self {
         self.endpoints.push(Pending::Open(socket));
+        self
+    }
+
+    /// Serves one connection that is already open instead of listening:
+    /// the connected stream socket inetd (or systemd's `Accept=yes`) passes
+    /// as stdin. [`Server::serve_forever`] serves it on the calling thread,
+    /// through the same access checks, pipeline, timeouts and drain as an
+    /// accepted connection, and returns when it has ended (the strategy is
+    /// always sequential: there is nothing else to serve). No
+    /// [`listen`](Self::listen) beside it; [`bind`](Self::bind) fails if
+    /// `fd` is not a connected stream socket.
+    ///
+    /// ```no_run
+    /// use std::os::fd::{FromRawFd, OwnedFd};
+    /// use sockserv::{handlers, Server};
+    /// // SAFETY: under inetd, fd 0 is the connection and nothing else owns it.
+    /// let stdin = unsafe { OwnedFd::from_raw_fd(0) };
+    /// Server::builder().connected(stdin).message(handlers::Upper).bind()?.serve_forever()?;
+    /// # Ok::<(), sockserv::Error>(())
+    /// ```
+    pub fn connected(mut self, fd: std::os::fd::OwnedFd) -> Self {
+        self.connected = Some(crate::connected::Connected::from_fd(fd));
         self
     }
 
@@ -358,8 +383,14 @@ impl Builder {
         let handler = self.handler.ok_or_else(|| {
             Error::config("no handler: call .message(), .stream() or .async_stream()")
         })?;
-        if self.endpoints.is_empty() {
+        let connected = self.connected.transpose()?;
+        if self.endpoints.is_empty() && connected.is_none() {
             return Err(Error::config("no address to listen on: call .listen(ADDR)"));
+        }
+        if !self.endpoints.is_empty() && connected.is_some() {
+            return Err(Error::config(
+                "a server of one connection (.connected) has no listeners: no .listen() too",
+            ));
         }
         let mut endpoints = Vec::new();
         let mut opened = Vec::new();
@@ -387,7 +418,10 @@ impl Builder {
                 )));
             }
         }
-        let strategy = self.strategy.resolve_for(&handler);
+        let strategy = match connected {
+            Some(_) => Strategy::Sequential,
+            None => self.strategy.resolve_for(&handler),
+        };
         match strategy {
             Strategy::Pool { workers: 0, .. } | Strategy::EventLoops { loops: 0 } => {
                 return Err(Error::config("a strategy needs at least one worker"))
@@ -467,6 +501,10 @@ impl Builder {
                     dgrams.push((Arc::new(s), bound.len() - 1));
                 }
             }
+        }
+        if let Some(c) = &connected {
+            bound.push(c.endpoint().clone());
+            names.push(None);
         }
         shared.tracker.set_meters(crate::meter::Meters {
             listeners: bound
@@ -566,6 +604,7 @@ impl Builder {
                 let _ = w.wake();
             }));
         }
+        let connected = connected.and_then(|c| c.admit(&ctx));
         #[cfg(feature = "admin")]
         let admin = match self.admin {
             Some(config) => Some(crate::admin::start(
@@ -578,6 +617,7 @@ impl Builder {
             #[cfg(feature = "admin")]
             admin,
             drained: false,
+            connected,
             sources,
             guards,
             bound,
@@ -635,6 +675,8 @@ pub struct Server {
     admin: Option<crate::admin::AdminHandle>,
     /// Set once the drain has run (by `serve_forever` or by drop).
     drained: bool,
+    /// The connection of a [`Builder::connected`] server, until served.
+    connected: Option<crate::tracker::Admitted>,
     sources: Vec<Source>,
     /// Removes the Unix socket files at the end.
     guards: Vec<PathGuard>,
@@ -718,8 +760,14 @@ impl Server {
     /// serves the connections already in the listen backlog, lets every
     /// connection write the replies to what it has read, closes idle ones,
     /// and after the drain's grace cuts the rest. Returns once that is done.
+    ///
+    /// A [`connected`](Builder::connected) server serves its connection
+    /// here, on this thread, and returns once it has closed.
     pub fn serve_forever(mut self) -> Result<(), Error> {
         let _serving = self.shared.enter_serving();
+        if let Some(conn) = self.connected.take() {
+            crate::run::run_work(Work::Conn(conn), &self.ctx);
+        }
         let mut events = Events::with_capacity(256);
         let result = loop {
             if self.shared.stop.is_stopping() {
