@@ -604,6 +604,7 @@ impl Builder {
                 let _ = w.wake();
             }));
         }
+        let single = connected.is_some();
         let connected = connected.and_then(|c| c.admit(&ctx));
         #[cfg(feature = "admin")]
         let admin = match self.admin {
@@ -617,6 +618,7 @@ impl Builder {
             #[cfg(feature = "admin")]
             admin,
             drained: false,
+            single,
             connected,
             sources,
             guards,
@@ -675,7 +677,11 @@ pub struct Server {
     admin: Option<crate::admin::AdminHandle>,
     /// Set once the drain has run (by `serve_forever` or by drop).
     drained: bool,
-    /// The connection of a [`Builder::connected`] server, until served.
+    /// Built with [`Builder::connected`]: it serves one connection, no
+    /// listener.
+    single: bool,
+    /// That connection, until it is served (`None` too if the access
+    /// rules refused it).
     connected: Option<crate::tracker::Admitted>,
     sources: Vec<Source>,
     /// Removes the Unix socket files at the end.
@@ -765,8 +771,12 @@ impl Server {
     /// here, on this thread, and returns once it has closed.
     pub fn serve_forever(mut self) -> Result<(), Error> {
         let _serving = self.shared.enter_serving();
-        if let Some(conn) = self.connected.take() {
-            crate::run::run_work(Work::Conn(conn), &self.ctx);
+        if self.single {
+            if let Some(conn) = self.connected.take() {
+                crate::run::run_work(Work::Conn(conn), &self.ctx);
+            }
+            self.finish_drain();
+            return Ok(());
         }
         let mut events = Events::with_capacity(256);
         let result = loop {
@@ -827,6 +837,16 @@ impl Server {
     /// a connection or datagram, dispatches it to the strategy and returns.
     /// Calls `handle_timeout` if nothing came (Python's `handle_request`).
     pub fn handle_request(&mut self) -> Result<Handled, Error> {
+        if self.single {
+            // The one connection, then nothing more to handle.
+            return Ok(match self.connected.take() {
+                Some(conn) => {
+                    crate::run::run_work(Work::Conn(conn), &self.ctx);
+                    Handled::Request
+                }
+                None => Handled::Shutdown,
+            });
+        }
         if self.engine.accepts_itself() {
             return Err(Error::config(
                 "handle_request needs a strategy whose connections the serving thread accepts \
