@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use crate::addr::Address;
 use crate::config::OverLimit;
 use crate::context::Context;
-use crate::meter::ConnMeter;
 use crate::socket::Stream;
 use crate::stats::{ClosedConnection, End, RefuseReason};
 pub(crate) use crate::tracker::Admitted;
@@ -317,27 +316,7 @@ fn admit(
         (Stream::Unix(_), StreamListener::Unix(_, local)) => local.clone(),
         (Stream::Unix(_), _) => Address::Unix(None),
     };
-    if let Err(e) = stream.set_nonblocking(true) {
-        tracing::debug!(%peer, "cannot set up an accepted connection: {e}");
-        return None;
-    }
-    let tcp = matches!(stream, Stream::Tcp(_));
-    let fd = stream.as_raw_fd();
-    let (index, p, l) = (shared.index, peer.to_string(), local.to_string());
-    let guard = ctx
-        .shared
-        .tracker
-        .enter_conn(fd, peer.ip(), |id| ConnMeter::new(id, index, p, l, fd, tcp));
-    if let Some(m) = ctx.shared.tracker.meters().and_then(|m| m.listener(index)) {
-        m.accepted();
-    }
-    Some(Admitted {
-        guard,
-        stream,
-        peer,
-        local,
-        listener: index,
-    })
+    Admitted::register(&ctx.shared.tracker, stream, peer, local, shared.index)
 }
 
 /// Counts a refusal and remembers it among the closed connections.

@@ -12,12 +12,11 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
-use socket2::{Domain, Socket, Type};
+use socket2::{Domain, Type};
 
 use crate::addr::{Address, Endpoint, Transport};
 use crate::context::Context;
 use crate::error::Error;
-use crate::meter::ConnMeter;
 use crate::socket::Stream;
 use crate::tracker::Admitted;
 
@@ -39,16 +38,9 @@ impl Connected {
         let action = || format!("cannot serve the connection on fd {raw}");
         let fail = |what: &str| Error::socket(action(), io::Error::other(what.to_string()));
         let io_fail = |e: io::Error| Error::socket(action(), e);
-        // SAFETY: an all-zero `stat` is a valid value for fstat to fill.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `raw` is an open descriptor owned by `fd`; `st` is valid.
-        if unsafe { libc::fstat(raw, &mut st) } != 0 {
-            return Err(io_fail(io::Error::last_os_error()));
-        }
-        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-            return Err(fail("not a socket (inetd passes the connection as stdin)"));
-        }
-        let sock = Socket::from(fd);
+        let sock =
+            crate::activation::socket_of(fd, "not a socket (inetd passes the connection as stdin)")
+                .map_err(io_fail)?;
         if sock.r#type().map_err(io_fail)? != Type::STREAM {
             return Err(fail(
                 "not a stream socket (only stream connections are served)",
@@ -117,26 +109,6 @@ impl Connected {
         if let (Stream::Tcp(s), true) = (&stream, ctx.options.nodelay) {
             let _ = s.set_nodelay(true);
         }
-        if let Err(e) = stream.set_nonblocking(true) {
-            tracing::warn!(%peer, "cannot set up the connection: {e}");
-            return None;
-        }
-        let tcp = matches!(stream, Stream::Tcp(_));
-        let fd = stream.as_raw_fd();
-        let (p, l) = (peer.to_string(), local.to_string());
-        let guard = ctx
-            .shared
-            .tracker
-            .enter_conn(fd, peer.ip(), |id| ConnMeter::new(id, 0, p, l, fd, tcp));
-        if let Some(m) = ctx.shared.tracker.meters().and_then(|m| m.listener(0)) {
-            m.accepted();
-        }
-        Some(Admitted {
-            guard,
-            stream,
-            peer,
-            local,
-            listener: 0,
-        })
+        Admitted::register(&ctx.shared.tracker, stream, peer, local, 0)
     }
 }

@@ -328,3 +328,39 @@ pub(crate) struct Admitted {
     /// Which of the server's listeners it came from.
     pub(crate) listener: usize,
 }
+
+impl Admitted {
+    /// Registers a connection that passed the gate, from listener
+    /// `listener`: its socket made non-blocking, a guard and a meter with
+    /// the tracker, one more accepted on the listener's counters. The
+    /// acceptor and a server of one connection (`crate::connected`) both
+    /// end here. `None` (the socket closes) if the socket cannot be set up.
+    pub(crate) fn register(
+        tracker: &Arc<Tracker>,
+        stream: Stream,
+        peer: Address,
+        local: Address,
+        listener: usize,
+    ) -> Option<Admitted> {
+        if let Err(e) = stream.set_nonblocking(true) {
+            tracing::debug!(%peer, "cannot set up an accepted connection: {e}");
+            return None;
+        }
+        let tcp = matches!(stream, Stream::Tcp(_));
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        let (p, l) = (peer.to_string(), local.to_string());
+        let guard = tracker.enter_conn(fd, peer.ip(), |id| {
+            ConnMeter::new(id, listener, p, l, fd, tcp)
+        });
+        if let Some(m) = tracker.meters().and_then(|m| m.listener(listener)) {
+            m.accepted();
+        }
+        Some(Admitted {
+            guard,
+            stream,
+            peer,
+            local,
+            listener,
+        })
+    }
+}
