@@ -21,7 +21,6 @@ use crate::addr::Address;
 use crate::config::OverLimit;
 use crate::context::Context;
 use crate::hooks::Failure;
-use crate::meter::ConnMeter;
 use crate::proxy::{ProxyHeader, ProxyInfo};
 use crate::rules::Env;
 use crate::socket::Stream;
@@ -326,7 +325,30 @@ fn trusted(ctx: &Context, peer: &Address) -> bool {
             .any(|n| n.contains(&ip.to_canonical()))
 }
 
-/// The gate after accept (see [`gate`]): a refused peer is closed (after
+/// The verdict on a peer at accept (see [`gate`]): behind the PROXY
+/// protocol only the trust in the proxy and the connection limit (the
+/// rest waits for the header's client), else the whole gate. The place
+/// under the per-IP limit is only looked at: registration takes it.
+pub(crate) fn verdict(ctx: &Context, peer: &Address, at_limit: bool) -> Result<Env, RefuseReason> {
+    let proxied = ctx.proxy.is_some();
+    if proxied && !trusted(ctx, peer) {
+        Err(RefuseReason::Rule)
+    } else if proxied {
+        gate(ctx, peer, at_limit, None)
+    } else {
+        let tracker = &ctx.shared.tracker;
+        let mut room = |ip: IpAddr, max: Option<usize>| {
+            let open = tracker.connections_from(ip);
+            match max {
+                Some(max) if open >= max => Err(open),
+                _ => Ok(()),
+            }
+        };
+        gate(ctx, peer, at_limit, Some(&mut room))
+    }
+}
+
+/// The gate after accept (see [`verdict`]): a refused peer is closed (after
 /// the limit message for the limits), counted and remembered; an admitted
 /// one is registered with the tracker.
 fn admit(
@@ -339,21 +361,7 @@ fn admit(
     let listener = &shared.listener;
     let tracker = &ctx.shared.tracker;
     let proxied = ctx.proxy.is_some();
-    let verdict = if proxied && !trusted(ctx, &peer) {
-        Err(RefuseReason::Rule)
-    } else if proxied {
-        gate(ctx, &peer, at_limit, None)
-    } else {
-        // The place is taken at registration, below.
-        let mut room = |ip: IpAddr, max: Option<usize>| {
-            let open = tracker.connections_from(ip);
-            match max {
-                Some(max) if open >= max => Err(open),
-                _ => Ok(()),
-            }
-        };
-        gate(ctx, &peer, at_limit, Some(&mut room))
-    };
+    let verdict = verdict(ctx, &peer, at_limit);
     let env = match verdict {
         Ok(env) => env,
         Err(why) => {
@@ -384,28 +392,7 @@ fn admit(
         (Stream::Unix(_), StreamListener::Unix(_, local)) => local.clone(),
         (Stream::Unix(_), _) => Address::Unix(None),
     };
-    if let Err(e) = stream.set_nonblocking(true) {
-        tracing::debug!(%peer, "cannot set up an accepted connection: {e}");
-        return None;
-    }
-    let tcp = matches!(stream, Stream::Tcp(_));
-    let fd = stream.as_raw_fd();
-    let (index, p, l) = (shared.index, peer.to_string(), local.to_string());
-    // Behind a proxy the client's IP is counted once the header names it.
-    let ip = if proxied { None } else { peer.ip() };
-    let guard = tracker.enter_conn(fd, ip, |id| ConnMeter::new(id, index, p, l, fd, tcp));
-    if let Some(m) = tracker.meters().and_then(|m| m.listener(index)) {
-        m.accepted();
-    }
-    Some(Admitted {
-        guard,
-        stream,
-        peer,
-        local,
-        listener: index,
-        proxy: None,
-        env,
-    })
+    Admitted::register(tracker, stream, peer, local, shared.index, proxied, env)
 }
 
 /// A client a PROXY header named, through the gate.

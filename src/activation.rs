@@ -62,16 +62,8 @@ impl InheritedSocket {
         let action = || format!("cannot use the inherited fd {raw}");
         let fail = |what: &str| Error::socket(action(), io::Error::other(what.to_string()));
         let io_fail = |e: io::Error| Error::socket(action(), e);
-        // SAFETY: an all-zero `stat` is a valid value for fstat to fill.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `raw` is an open descriptor owned by `fd`; `st` is valid.
-        if unsafe { libc::fstat(raw, &mut st) } != 0 {
-            return Err(io_fail(io::Error::last_os_error()));
-        }
-        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-            return Err(fail("not a socket, so not a listener passed by LISTEN_FDS"));
-        }
-        let sock = Socket::from(fd);
+        let sock = socket_of(fd, "not a socket, so not a listener passed by LISTEN_FDS")
+            .map_err(io_fail)?;
         let ty = sock.r#type().map_err(io_fail)?;
         let stream = if ty == Type::STREAM {
             true
@@ -153,6 +145,20 @@ impl InheritedSocket {
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref()
     }
+}
+
+/// `fd` as a socket, if it is one (`fstat`); else the error `not_socket`.
+pub(crate) fn socket_of(fd: OwnedFd, not_socket: &str) -> io::Result<Socket> {
+    // SAFETY: an all-zero `stat` is a valid value for fstat to fill.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is an open descriptor we own; `st` is valid.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::other(not_socket.to_string()));
+    }
+    Ok(Socket::from(fd))
 }
 
 /// How many sockets `LISTEN_FDS` passes to this process: `None` if the

@@ -60,6 +60,7 @@ mod burst;
 pub mod client;
 mod config;
 mod conn;
+mod connected;
 mod context;
 mod dgram;
 mod driver;

@@ -79,6 +79,8 @@ pub struct Builder {
     admin: Option<crate::admin::AdminConfig>,
     timeout: Option<Duration>,
     service_interval: Option<Duration>,
+    /// The one connection to serve instead of listeners (inetd).
+    connected: Option<Result<crate::connected::Connected, Error>>,
 }
 
 impl Default for Builder {
@@ -103,6 +105,7 @@ impl Default for Builder {
             admin: None,
             timeout: None,
             service_interval: None,
+            connected: None,
         }
     }
 }
@@ -185,6 +188,28 @@ impl Builder {
     /// (to pick some of them, or to split them between servers).
     pub fn listen_socket(mut self, socket: crate::activation::InheritedSocket) -> Self {
         self.endpoints.push(Pending::Open(socket));
+        self
+    }
+
+    /// Serves one connection that is already open instead of listening:
+    /// the connected stream socket inetd (or systemd's `Accept=yes`) passes
+    /// as stdin. [`Server::serve_forever`] serves it on the calling thread,
+    /// through the same access checks, pipeline, timeouts and drain as an
+    /// accepted connection, and returns when it has ended (the strategy is
+    /// always sequential: there is nothing else to serve). No
+    /// [`listen`](Self::listen) beside it; [`bind`](Self::bind) fails if
+    /// `fd` is not a connected stream socket.
+    ///
+    /// ```no_run
+    /// use std::os::fd::{FromRawFd, OwnedFd};
+    /// use sockserv::{handlers, Server};
+    /// // SAFETY: under inetd, fd 0 is the connection and nothing else owns it.
+    /// let stdin = unsafe { OwnedFd::from_raw_fd(0) };
+    /// Server::builder().connected(stdin).message(handlers::Upper).bind()?.serve_forever()?;
+    /// # Ok::<(), sockserv::Error>(())
+    /// ```
+    pub fn connected(mut self, fd: std::os::fd::OwnedFd) -> Self {
+        self.connected = Some(crate::connected::Connected::from_fd(fd));
         self
     }
 
@@ -366,8 +391,14 @@ impl Builder {
         let handler = self.handler.ok_or_else(|| {
             Error::config("no handler: call .message(), .stream() or .async_stream()")
         })?;
-        if self.endpoints.is_empty() {
+        let connected = self.connected.transpose()?;
+        if self.endpoints.is_empty() && connected.is_none() {
             return Err(Error::config("no address to listen on: call .listen(ADDR)"));
+        }
+        if !self.endpoints.is_empty() && connected.is_some() {
+            return Err(Error::config(
+                "a server of one connection (.connected) has no listeners: no .listen() too",
+            ));
         }
         let mut endpoints = Vec::new();
         let mut opened = Vec::new();
@@ -395,7 +426,10 @@ impl Builder {
                 )));
             }
         }
-        let strategy = self.strategy.resolve_for(&handler);
+        let strategy = match connected {
+            Some(_) => Strategy::Sequential,
+            None => self.strategy.resolve_for(&handler),
+        };
         match strategy {
             Strategy::Pool { workers: 0, .. } | Strategy::EventLoops { loops: 0 } => {
                 return Err(Error::config("a strategy needs at least one worker"))
@@ -475,6 +509,10 @@ impl Builder {
                     dgrams.push((Arc::new(s), bound.len() - 1));
                 }
             }
+        }
+        if let Some(c) = &connected {
+            bound.push(c.endpoint().clone());
+            names.push(None);
         }
         shared.tracker.set_meters(crate::meter::Meters {
             listeners: bound
@@ -574,6 +612,8 @@ impl Builder {
                 let _ = w.wake();
             }));
         }
+        let single = connected.is_some();
+        let connected = connected.and_then(|c| c.admit(&ctx));
         #[cfg(feature = "admin")]
         let admin = match self.admin {
             Some(config) => Some(crate::admin::start(
@@ -586,6 +626,8 @@ impl Builder {
             #[cfg(feature = "admin")]
             admin,
             drained: false,
+            single,
+            connected,
             sources,
             guards,
             bound,
@@ -643,6 +685,12 @@ pub struct Server {
     admin: Option<crate::admin::AdminHandle>,
     /// Set once the drain has run (by `serve_forever` or by drop).
     drained: bool,
+    /// Built with [`Builder::connected`]: it serves one connection, no
+    /// listener.
+    single: bool,
+    /// That connection, until it is served (`None` too if the access
+    /// rules refused it).
+    connected: Option<crate::tracker::Admitted>,
     sources: Vec<Source>,
     /// Removes the Unix socket files at the end.
     guards: Vec<PathGuard>,
@@ -726,8 +774,18 @@ impl Server {
     /// serves the connections already in the listen backlog, lets every
     /// connection write the replies to what it has read, closes idle ones,
     /// and after the drain's grace cuts the rest. Returns once that is done.
+    ///
+    /// A [`connected`](Builder::connected) server serves its connection
+    /// here, on this thread, and returns once it has closed.
     pub fn serve_forever(mut self) -> Result<(), Error> {
         let _serving = self.shared.enter_serving();
+        if self.single {
+            if let Some(conn) = self.connected.take() {
+                crate::run::run_work(Work::Conn(conn), &self.ctx);
+            }
+            self.finish_drain();
+            return Ok(());
+        }
         let mut events = Events::with_capacity(256);
         let result = loop {
             if self.shared.stop.is_stopping() {
@@ -787,6 +845,16 @@ impl Server {
     /// a connection or datagram, dispatches it to the strategy and returns.
     /// Calls `handle_timeout` if nothing came (Python's `handle_request`).
     pub fn handle_request(&mut self) -> Result<Handled, Error> {
+        if self.single {
+            // The one connection, then nothing more to handle.
+            return Ok(match self.connected.take() {
+                Some(conn) => {
+                    crate::run::run_work(Work::Conn(conn), &self.ctx);
+                    Handled::Request
+                }
+                None => Handled::Shutdown,
+            });
+        }
         if self.engine.accepts_itself() {
             return Err(Error::config(
                 "handle_request needs a strategy whose connections the serving thread accepts \

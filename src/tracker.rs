@@ -359,3 +359,44 @@ pub(crate) struct Admitted {
     /// The `VAR=value` pairs of the access rule that admitted it.
     pub(crate) env: crate::rules::Env,
 }
+
+impl Admitted {
+    /// Registers a connection that passed the gate, from listener
+    /// `listener`: its socket made non-blocking, a guard and a meter with
+    /// the tracker, one more accepted on the listener's counters. The
+    /// acceptor and a server of one connection (`crate::connected`) both
+    /// end here. `None` (the socket closes) if the socket cannot be set up.
+    /// `proxied`: the peer is a proxy, and the client's IP is counted once
+    /// its PROXY header names it. `env`: the admitting rule's variables.
+    pub(crate) fn register(
+        tracker: &Arc<Tracker>,
+        stream: Stream,
+        peer: Address,
+        local: Address,
+        listener: usize,
+        proxied: bool,
+        env: crate::rules::Env,
+    ) -> Option<Admitted> {
+        if let Err(e) = stream.set_nonblocking(true) {
+            tracing::debug!(%peer, "cannot set up an accepted connection: {e}");
+            return None;
+        }
+        let tcp = matches!(stream, Stream::Tcp(_));
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        let (p, l) = (peer.to_string(), local.to_string());
+        let ip = if proxied { None } else { peer.ip() };
+        let guard = tracker.enter_conn(fd, ip, |id| ConnMeter::new(id, listener, p, l, fd, tcp));
+        if let Some(m) = tracker.meters().and_then(|m| m.listener(listener)) {
+            m.accepted();
+        }
+        Some(Admitted {
+            guard,
+            stream,
+            peer,
+            local,
+            listener,
+            proxy: None,
+            env,
+        })
+    }
+}

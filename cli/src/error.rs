@@ -61,3 +61,14 @@ pub(crate) fn describe(e: &std::io::Error) -> String {
         _ => text.to_string(),
     }
 }
+
+impl CliError {
+    /// The same error, its message prefixed with `context: ` (which
+    /// listener, which file).
+    pub fn prefixed(context: &str, e: CliError) -> CliError {
+        CliError {
+            code: e.code,
+            message: format!("{context}: {}", e.message),
+        }
+    }
+}

@@ -9,6 +9,7 @@
 mod admin;
 mod bench;
 mod builtin;
+mod check;
 mod error;
 mod loadgen;
 mod logging;
@@ -28,7 +29,8 @@ use clap::{Parser, Subcommand};
   sockserv serve --handler echo tcp://[::1]:0 udp://127.0.0.1:0
   sockserv send 127.0.0.1:9999 hello
   sockserv serve --handler echo tcp://127.0.0.1:7000 &
-  sockserv bench -c 100 -d 5 tcp://127.0.0.1:7000     # needs an echo server")]
+  sockserv bench -c 100 -d 5 tcp://127.0.0.1:7000     # needs an echo server
+  sockserv check --config /etc/sockserv.toml && sockserv serve --config /etc/sockserv.toml")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,6 +44,8 @@ enum Command {
     Send(send::SendArgs),
     /// Load-test an echo server: throughput, latency percentiles, errors.
     Bench(bench::BenchArgs),
+    /// Check a config file (sockserv serve --config FILE) without serving.
+    Check(check::CheckArgs),
 }
 
 /// Folds clap's multi-line error into one line: the message and the
@@ -62,30 +66,41 @@ fn one_line_usage(rendered: &str) -> String {
     parts.join(" ")
 }
 
+/// A clap error as the command reports it: help and version on stdout,
+/// a usage error as one line on stderr with exit code 2.
+fn parse_failed(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        // Help and version go to stdout, as users expect.
+        let _ = e.print();
+        return ExitCode::from(e.exit_code() as u8);
+    }
+    eprintln!("sockserv: {}", one_line_usage(&e.render().to_string()));
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    use clap::{CommandFactory, FromArgMatches};
+    // The matches are kept: `serve --config` asks them which options were
+    // given on the command line.
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return parse_failed(e),
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(
-                e.kind(),
-                ErrorKind::DisplayHelp
-                    | ErrorKind::DisplayVersion
-                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            ) {
-                // Help and version go to stdout, as users expect.
-                let _ = e.print();
-                return ExitCode::from(e.exit_code() as u8);
-            }
-            // A usage error: one line naming the problem, exit code 2.
-            eprintln!("sockserv: {}", one_line_usage(&e.render().to_string()));
-            return ExitCode::from(2);
-        }
+        Err(e) => return parse_failed(e),
     };
     let result = match cli.command {
-        Command::Serve(args) => serve::run(*args),
+        Command::Serve(args) => serve::run(*args, matches.subcommand_matches("serve")),
         Command::Send(args) => send::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Check(args) => check::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,22 +1,25 @@
 //! `sockserv serve`: run built-in handlers or a program per connection on
-//! one or more addresses. The options are here; [`plan`] binds what they
-//! ask for, [`life`] serves it until a signal ends it.
+//! one or more addresses, or on the listeners of a config file, or on the
+//! one connection inetd passed. The options are here (those of a server in
+//! [`settings`], shared with the config file); [`config`] reads a file;
+//! [`plan`] binds what they ask for; [`life`] serves it until a signal
+//! ends it.
 
+pub(crate) mod config;
 mod life;
-mod plan;
-
-use std::time::Duration;
+pub(crate) mod plan;
+mod settings;
 
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 use sockserv::frame::Framing;
 use sockserv::rules::IpNet;
-use sockserv::{Endpoint, Rate, Rules, Strategy};
+use sockserv::{Endpoint, Rules, Strategy};
 
-use crate::builtin::Builtin;
 use crate::error::CliError;
-use crate::util::{parse_duration, parse_positive_duration};
+pub(crate) use settings::parse_framing;
+use settings::{parse_endpoint, Settings};
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
@@ -31,6 +34,20 @@ use crate::util::{parse_duration, parse_positive_duration};
   sockserv serve --rules /etc/sockserv.rules 0.0.0.0:9000  # rules from a file; SIGHUP reloads it
   sockserv serve --max-conn-rate 5/s 0.0.0.0:9000  # at most 5 new connections a second per source IP
   sockserv serve tcp://127.0.0.1:7000 --exec -- sh -c 'echo \"$TCPREMOTEIP\"; exec cat'   # a program per connection
+  sockserv serve --config /etc/sockserv.toml      # the listeners of a config file (check it: sockserv check --config FILE)
+  sockserv serve --inetd --handler upper           # the one connection on fd 0 (inetd, systemd Accept=yes)
+
+A config file (TOML) sets what the options set, per listener: global
+defaults at the top, then a [[listener]] table each with name, address and
+any of the keys (the options' names with _ for -: max_conns, exec = [\"prog\",
+\"arg\"], ...); a table's key overrides the global one; admin and
+admin_public are global only. Each table is a server of its own. --config
+is not combined with ADDRs or the options above (only -v). Example and key
+reference: docs/OPERATING.md, contrib/sockserv.toml.
+
+With --inetd the connection on fd 0 is served through the same pipeline
+(framing, timeouts; SIGTERM drains it) and the command exits 0 when it
+ends. Nothing is printed on stdout (under inetd it is the socket too).
 
 With --exec PROG [ARGS]... (last on the line: everything after it belongs to
 the program) each connection runs PROG in a process group of its own, the
@@ -59,7 +76,10 @@ without it SIGHUP is ignored. SIGHUP never kills the server.
 Under systemd: with no ADDR it serves the sockets of its .socket unit
 (LISTEN_FDS); with NOTIFY_SOCKET set (Type=notify) it sends READY=1 and a
 STATUS= line once serving, WATCHDOG=1 at half of WATCHDOG_USEC, and
-STOPPING=1 when the drain starts.")]
+STOPPING=1 when the drain starts. With --config, each passed socket goes to
+the [[listener]] whose name is its LISTEN_FDNAMES name (FileDescriptorName=);
+a passed socket no table names is an error, and a table no socket is passed
+for binds its address.")]
 pub struct ServeArgs {
     /// Addresses to listen on: tcp://HOST:PORT, udp://HOST:PORT,
     /// unix:///PATH, unix-dgram:///PATH, or HOST:PORT for TCP. Without
@@ -68,177 +88,23 @@ pub struct ServeArgs {
     #[arg(value_name = "ADDR", value_parser = parse_endpoint)]
     addrs: Vec<Endpoint>,
 
-    /// Built-in handler: echo, upper (the seed's: replies upper-cased),
-    /// discard, daytime.
-    /// (Default: upper.)
-    #[arg(long, value_parser = parse_builtin)]
-    handler: Option<Builtin>,
+    /// Serve the listeners of a TOML config file (see docs/OPERATING.md,
+    /// "Config file"): global defaults, then one [[listener]] table each.
+    /// Not combined with ADDRs or the per-listener options (only -v).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["addrs", "inetd"])]
+    config: Option<PathBuf>,
 
-    /// Run PROG for each connection, its stdin and stdout the socket,
-    /// tcpserver's variables in its environment (PROTO, TCPREMOTEIP,
-    /// TCPREMOTEPORT, TCPLOCALIP, TCPLOCALPORT, TCPCONNNUM; for Unix
-    /// sockets UNIXREMOTEUID, UNIXREMOTEGID, UNIXREMOTEPID). Everything
-    /// after --exec is the program and its arguments (`--exec -- PROG`
-    /// works too), so it comes last. Stream addresses only; --handler is
-    /// ignored; the mode is threads unless --mode says otherwise.
-    #[arg(
-        long,
-        value_name = "PROG [ARGS]...",
-        num_args = 1..,
-        allow_hyphen_values = true,
-        value_parser = clap::value_parser!(std::ffi::OsString)
-    )]
-    exec: Vec<std::ffi::OsString>,
+    /// Serve the one connection already open on fd 0 (inetd, xinetd
+    /// wait=no, systemd Accept=yes with StandardInput=socket), then exit.
+    #[arg(long, conflicts_with_all = ["addrs", "admin"])]
+    inetd: bool,
 
-    /// Concurrency: async (event loops serving many connections each; the
-    /// fastest, see docs/BENCHMARKS.md), pool (worker threads run the
-    /// handlers, for handlers that block; connections stay on event loops),
-    /// threads (one per connection), sequential (one at a time).
-    /// (Default: async; threads with --exec.)
-    #[arg(long, value_parser = ["async", "threads", "pool", "sequential"])]
-    mode: Option<String>,
-
-    /// Event loops (async) or worker threads (pool) (default: pool 16 per
-    /// core; async one event loop per core but one, at least one).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    workers: Option<u32>,
-
-    /// Connections a pool queues while all workers are busy (default: 4 x
-    /// workers).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    queue: Option<u32>,
-
-    /// How messages are cut from the stream: raw (each read), line, crlf,
-    /// delim:STRING, len:N[:le], fixed:N.
-    #[arg(long, default_value = "raw", value_parser = parse_framing)]
-    framing: Framing,
-
-    /// Largest frame accepted, in bytes (default: 65536, or N for fixed:N
-    /// when N is larger).
-    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..=(1u64 << 32)))]
-    max_frame: Option<u64>,
-
-    /// What happens to a connection that sends a frame over --max-frame:
-    /// close it, or skip the frame and go on.
-    #[arg(long, default_value = "close", value_parser = ["close", "skip"])]
-    on_oversize: String,
-
-    /// Listen backlog (kernel queue of not-yet-accepted connections).
-    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(i32).range(1..))]
-    backlog: i32,
-
-    /// Set SO_REUSEPORT: several servers on one address, each started with
-    /// --reuse-port. The only way for UDP servers to share an address.
-    #[arg(long)]
-    reuse_port: bool,
-
-    /// Set TCP_NODELAY on accepted connections (no Nagle delay).
-    #[arg(long)]
-    nodelay: bool,
-
-    /// Let an IPv6 listener on [::] accept IPv4 too (IPV6_V6ONLY off).
-    #[arg(long)]
-    dual_stack: bool,
-
-    /// On shutdown, how long to wait for connections to finish before
-    /// cutting them (e.g. 10s, 500ms).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    drain_timeout: Duration,
-
-    /// Close connections idle for this long (default: never).
-    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
-    idle_timeout: Option<Duration>,
-
-    /// Close a connection whose frame has started but not finished for
-    /// this long (slow senders; default: never).
-    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
-    read_timeout: Option<Duration>,
-
-    /// Fail a connection whose replies cannot be written for this long
-    /// (a peer that never reads).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
-    write_timeout: Duration,
-
-    /// Most connections open at once, over all the stream addresses
-    /// (default: unlimited).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    max_conns: Option<u64>,
-
-    /// Most connections open at once from one IP address; more are
-    /// accepted, sent --limit-message, and closed.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    max_conns_per_ip: Option<u64>,
-
-    /// At --max-conns: wait (stop accepting; clients queue in the kernel
-    /// backlog) or close (accept, send --limit-message, close).
-    #[arg(long, default_value = "wait", value_parser = ["wait", "close"])]
-    over_limit: String,
-
-    /// Text sent to connections refused by a limit (a newline is added).
-    #[arg(long, value_name = "TEXT")]
-    limit_message: Option<String>,
-
-    /// Serve only this prefix (CIDR, IPv4 or IPv6; repeatable). Any
-    /// --allow makes the default deny. Example: --allow 10.0.0.0/8.
-    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
-    allow: Vec<IpNet>,
-
-    /// Refuse this prefix (CIDR, IPv4 or IPv6; repeatable); the most
-    /// specific prefix wins. Example: --deny 192.0.2.0/24.
-    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
-    deny: Vec<IpNet>,
-
-    /// Read access rules from FILE, one a line: `CIDR allow|deny
-    /// [VAR=value ...]`; SIGHUP re-reads it. Adds to --allow and --deny.
-    #[arg(long, value_name = "FILE")]
-    rules: Option<PathBuf>,
-
-    /// New connections from one IP address, at most, as N/s or N/m (bursts
-    /// of up to N). Over it a connection is closed without a byte sent;
-    /// other addresses are served as before. Example: --max-conn-rate 5/s.
-    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
-    max_conn_rate: Option<Rate>,
-
-    /// Serve the admin endpoint on HOST:PORT: /metrics (Prometheus),
-    /// /healthz, /readyz (503 from the moment a drain starts), / (a live
-    /// status page of every connection), /api/stats, /api/connections.
-    /// Loopback addresses only, unless --admin-public.
-    #[arg(long, value_name = "HOST:PORT")]
-    admin: Option<String>,
-
-    /// Let --admin listen on a non-loopback address and answer any Host
-    /// header. The page shows clients' addresses: put it behind access
-    /// control.
-    #[arg(long, requires = "admin")]
-    admin_public: bool,
-
-    /// Every connection starts with a PROXY protocol header (HAProxy's
-    /// send-proxy / send-proxy-v2): v1, v2 or any. The client address in
-    /// it becomes the peer; a connection without one is closed.
-    #[arg(long, value_name = "VERSION", value_parser = ["v1", "v2", "any"])]
-    proxy_protocol: Option<String>,
-
-    /// With --proxy-protocol: the load balancers allowed to connect
-    /// (repeatable CIDR); a connection from any other address is closed
-    /// before a byte is read or sent. Default: any address.
-    #[arg(long, value_name = "CIDR", value_parser = parse_cidr, requires = "proxy_protocol")]
-    proxy_from: Vec<IpNet>,
+    #[command(flatten)]
+    settings: Settings,
 
     /// More log output on stderr (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
-}
-
-fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
-    s.parse::<Endpoint>().map_err(|e| e.to_string())
-}
-
-fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    sockserv::rules::parse_cidr(s)
-}
-
-fn parse_rate(s: &str) -> Result<Rate, String> {
-    s.parse::<Rate>().map_err(|e| e.to_string())
 }
 
 /// The rules of the command line, then those of the file if any.
@@ -260,14 +126,6 @@ fn load_rules(
     Ok(rules)
 }
 
-fn parse_builtin(s: &str) -> Result<Builtin, String> {
-    s.parse()
-}
-
-pub(crate) fn parse_framing(s: &str) -> Result<Framing, String> {
-    s.parse::<Framing>().map_err(|e| e.to_string())
-}
-
 /// The framing with `--max-frame` applied. Without the option the framing
 /// keeps its default limit: 64 KiB, or the frame size of a larger `fixed:N`
 /// (a fixed frame is exactly N bytes, so its limit can be no less). A limit
@@ -286,37 +144,42 @@ pub(crate) fn with_max_frame(
     })
 }
 
-impl ServeArgs {
+impl Settings {
     /// The concurrency mode's name: as given, else threads for --exec and
     /// async for the built-in handlers.
-    fn mode(&self) -> &str {
+    fn mode_name(&self) -> &str {
         match &self.mode {
             Some(m) => m,
-            None if !self.exec.is_empty() => "threads",
+            None if self.exec.is_some() => "threads",
             None => "async",
         }
     }
 
     /// The program and arguments of --exec (a leading `--` dropped).
     fn exec_command(&self) -> Option<(&std::ffi::OsString, &[std::ffi::OsString])> {
-        let mut cmd = &self.exec[..];
+        let mut cmd = self.exec.as_deref()?;
         if cmd.first().is_some_and(|a| a == "--") {
             cmd = &cmd[1..];
         }
         cmd.split_first()
     }
+
+    /// The framing asked for (raw unless set).
+    fn framing_or_raw(&self) -> Framing {
+        self.framing.clone().unwrap_or_else(Framing::raw)
+    }
 }
 
-fn strategy(args: &ServeArgs) -> Result<Strategy, CliError> {
-    let base: Strategy = args
-        .mode()
+fn strategy(settings: &Settings) -> Result<Strategy, CliError> {
+    let base: Strategy = settings
+        .mode_name()
         .parse()
         .map_err(|e: sockserv::UnknownMode| CliError::usage(e.to_string()))?;
-    let workers = args.workers.map(|w| w as usize);
+    let workers = settings.workers.map(|w| w as usize);
     Ok(match base {
         Strategy::Pool { workers: w, .. } => {
             let workers = workers.unwrap_or(w);
-            let queue = args.queue.map_or(workers * 4, |q| q as usize);
+            let queue = settings.queue.map_or(workers * 4, |q| q as usize);
             Strategy::Pool { workers, queue }
         }
         Strategy::EventLoops { loops } => Strategy::EventLoops {
@@ -328,22 +191,23 @@ fn strategy(args: &ServeArgs) -> Result<Strategy, CliError> {
 
 /// Says which options the chosen mode and addresses make meaningless,
 /// rather than drop them silently.
-fn warn_ignored(args: &ServeArgs, endpoints: &[Endpoint], strategy: Strategy) {
-    if args.workers.is_some() && matches!(strategy, Strategy::Threads | Strategy::Sequential) {
-        tracing::warn!("--workers has no effect in {} mode", args.mode());
+fn warn_ignored(settings: &Settings, endpoints: &[Endpoint], strategy: Strategy) {
+    if settings.workers.is_some() && matches!(strategy, Strategy::Threads | Strategy::Sequential) {
+        tracing::warn!("--workers has no effect in {} mode", settings.mode_name());
     }
-    if args.queue.is_some() && !matches!(strategy, Strategy::Pool { .. }) {
+    if settings.queue.is_some() && !matches!(strategy, Strategy::Pool { .. }) {
         tracing::warn!("--queue has no effect outside pool mode");
     }
-    if !args.exec.is_empty() {
-        if let Some(h) = args.handler {
+    let framed = !settings.framing_or_raw().is_raw();
+    if settings.exec.is_some() {
+        if let Some(h) = settings.handler {
             tracing::warn!("--handler {h} is ignored: --exec runs a program per connection");
         }
-        if !args.framing.is_raw() {
+        if framed {
             tracing::warn!("--framing has no effect with --exec: the program reads the stream");
         }
     }
-    if !args.framing.is_raw() && endpoints.iter().any(|a| !a.transport().is_stream()) {
+    if framed && endpoints.iter().any(|a| !a.transport().is_stream()) {
         tracing::warn!("--framing does not apply to datagram addresses: a datagram is one message");
     }
 }
@@ -371,11 +235,42 @@ fn reload_rules(source: &plan::RulesSource, handles: &[sockserv::RulesHandle]) {
     }
 }
 
-/// `sockserv serve`: binds what `args` asks for, then serves it.
-pub fn run(args: ServeArgs) -> Result<(), CliError> {
+/// With --config, the first option given on the command line that the
+/// file would have to override or be overridden by: refused, rather than
+/// guess which wins (-v is the one option allowed beside --config).
+fn with_config(matches: Option<&clap::ArgMatches>) -> Result<(), CliError> {
+    let Some(m) = matches else { return Ok(()) };
+    let given = m.ids().map(|id| id.as_str()).find(|id| {
+        !matches!(*id, "config" | "verbose")
+            && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+    });
+    match given {
+        Some(id) => Err(CliError::usage(format!(
+            "--config cannot be combined with --{}: set it in the config file (globally or per [[listener]])",
+            id.replace('_', "-")
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `sockserv serve`: binds what `args` asks for, then serves it. `matches`
+/// tell which options the command line gave (for --config).
+pub fn run(args: ServeArgs, matches: Option<&clap::ArgMatches>) -> Result<(), CliError> {
     // Kept to the end of `run`: the queued log lines are written out then.
     let _log = crate::logging::init(args.verbose);
-    let signals = life::install_signals(args.rules.is_some())?;
-    let plan = plan::from_args(args)?;
+    if let Some(path) = &args.config {
+        with_config(matches)?;
+        // Read and checked before anything is installed or bound.
+        let config = config::load(path)?;
+        let signals = life::install_signals(config.reloads())?;
+        let plan = plan::from_config(config)?;
+        return life::run(signals, plan);
+    }
+    let signals = life::install_signals(args.settings.rules.is_some())?;
+    let plan = if args.inetd {
+        plan::inetd(args.settings)?
+    } else {
+        plan::from_args(args.addrs, args.settings)?
+    };
     life::run(signals, plan)
 }
