@@ -14,6 +14,7 @@ mod loadgen;
 mod logging;
 mod send;
 mod serve;
+mod upgrade;
 mod util;
 
 use std::process::ExitCode;
@@ -42,6 +43,9 @@ enum Command {
     Send(send::SendArgs),
     /// Load-test an echo server: throughput, latency percentiles, errors.
     Bench(bench::BenchArgs),
+    /// Upgrade a running `sockserv serve` to the binary now on disk, without
+    /// refusing a connection, and report the outcome.
+    Upgrade(upgrade::UpgradeArgs),
 }
 
 /// Folds clap's multi-line error into one line: the message and the
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(*args),
         Command::Send(args) => send::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Upgrade(args) => upgrade::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

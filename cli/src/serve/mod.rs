@@ -4,6 +4,7 @@
 
 mod life;
 mod plan;
+pub(crate) mod upgrade;
 
 use std::time::Duration;
 
@@ -52,14 +53,23 @@ At start it prints one line per listener on stdout, `listening ENDPOINT`, with
 the real bound address, then `admin http://HOST:PORT` with --admin. SIGINT or
 SIGTERM stops it gracefully (every request already read gets its reply, the
 listen backlog is served; exit code 0); a second signal stops at once. With
+--shutdown-delay D it first fails readiness (/readyz 503, STATUS=) and serves
+on for D, then drains. SIGUSR2 (or `sockserv upgrade --pid PID`, which waits
+for the outcome) upgrades without refusing a connection: it starts the binary
+now at the path this one was started from, same arguments, the listening
+sockets inherited (LISTEN_FDS); once the new process reports ready, this one
+stops accepting, drains and exits 0. If it fails, exits or is not ready within
+--upgrade-timeout, it is stopped and this one serves on. One upgrade at a
+time. With
 --rules, SIGHUP re-reads the rules file (open connections are kept; a file
 that does not parse keeps the rules in force and logs the line at fault);
 without it SIGHUP is ignored. SIGHUP never kills the server.
 
 Under systemd: with no ADDR it serves the sockets of its .socket unit
 (LISTEN_FDS); with NOTIFY_SOCKET set (Type=notify) it sends READY=1 and a
-STATUS= line once serving, WATCHDOG=1 at half of WATCHDOG_USEC, and
-STOPPING=1 when the drain starts.")]
+STATUS= line once serving, WATCHDOG=1 at half of WATCHDOG_USEC,
+STOPPING=1 when the drain starts, and MAINPID= of the new process after an
+upgrade (NotifyAccess=all). Recipes: docs/DEPLOY.md.")]
 pub struct ServeArgs {
     /// Addresses to listen on: tcp://HOST:PORT, udp://HOST:PORT,
     /// unix:///PATH, unix-dgram:///PATH, or HOST:PORT for TCP. Without
@@ -144,6 +154,18 @@ pub struct ServeArgs {
     /// cutting them (e.g. 10s, 500ms).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     drain_timeout: Duration,
+
+    /// At SIGTERM/SIGINT, first fail readiness (/readyz 503, STATUS=) and
+    /// go on accepting and serving for this long, so a load balancer's
+    /// health check takes the instance out before anything is refused;
+    /// then drain. A second signal during the delay stops at once.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    shutdown_delay: Duration,
+
+    /// At an upgrade (SIGUSR2), how long the new process may take to
+    /// report ready before it is stopped and this one serves on.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
+    upgrade_timeout: Duration,
 
     /// Close connections idle for this long (default: never).
     #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
@@ -376,6 +398,17 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     // Kept to the end of `run`: the queued log lines are written out then.
     let _log = crate::logging::init(args.verbose);
     let signals = life::install_signals(args.rules.is_some())?;
+    // Before the plan takes the LISTEN_* sockets the handoff comes with.
+    let readiness = upgrade::take_handoff()?;
+    let options = life::Options {
+        shutdown_delay: args.shutdown_delay,
+        upgrade: upgrade::Settings {
+            program: upgrade::Program::of_this_process(),
+            timeout: args.upgrade_timeout,
+            drain_timeout: args.drain_timeout,
+        },
+        readiness,
+    };
     let plan = plan::from_args(args)?;
-    life::run(signals, plan)
+    life::run(signals, plan, options)
 }
