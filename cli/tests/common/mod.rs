@@ -8,6 +8,8 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -393,8 +395,15 @@ impl ChildGuard {
     /// Sends `sig` and waits (bounded) for the exit; returns the status and
     /// the complete stderr. Panics (after SIGKILL) if it does not exit.
     pub fn terminate_with(&mut self, sig: libc::c_int, limit: Duration) -> (ExitStatus, String) {
+        signal(self.child.as_ref().expect("child still running"), sig);
+        self.wait_exit(limit)
+    }
+
+    /// Waits (bounded) for the exit, with no signal sent; returns the
+    /// status and the complete stderr. Panics (after SIGKILL) if it does
+    /// not exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> (ExitStatus, String) {
         let mut child = self.child.take().expect("child still running");
-        signal(&child, sig);
         let status = wait_deadline(&mut child, limit);
         let status = match status {
             Some(s) => s,
@@ -402,7 +411,7 @@ impl ChildGuard {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "the child did not exit within {limit:?} of signal {sig}; stderr: {}",
+                    "the child did not exit within {limit:?}; stderr: {}",
                     self.stderr()
                 );
             }
