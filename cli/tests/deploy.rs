@@ -17,16 +17,6 @@ use std::time::{Duration, Instant};
 use common::load::Load;
 use common::{cli_bin, free_port, http_get, wait_until, ChildGuard, TempDir, DEADLINE};
 
-/// The admin URL a server printed after its `listening` lines.
-fn admin_url(server: &ChildGuard) -> String {
-    let out = server.read_stdout_until(DEADLINE, |s| s.contains("admin http://"));
-    out.lines()
-        .find_map(|l| l.strip_prefix("admin "))
-        .unwrap_or_else(|| panic!("no admin line in {out:?}"))
-        .trim()
-        .to_string()
-}
-
 /// `--shutdown-delay 1s --admin`: after SIGTERM /readyz is 503 at once and
 /// STATUS= says so, while new connections are still accepted and served
 /// and a kept-alive one goes on; after the delay the drain ends the kept
@@ -55,7 +45,7 @@ fn shutdown_delay_fails_readiness_first_and_serves_on() {
     .env("NOTIFY_SOCKET", &notify_path);
     let mut server = ChildGuard::spawn(&mut cmd);
     server.wait_listening(1, DEADLINE);
-    let admin = admin_url(&server);
+    let admin = server.admin_url();
     let addr: SocketAddr = server.listening[0]
         .trim_start_matches("tcp://")
         .parse()
@@ -217,11 +207,6 @@ fn rolling_restart_behind_haproxy_loses_nothing() {
     );
     let addr = SocketAddr::from(([127, 0, 0, 1], front));
     let load = Load::start(addr, 50, 100);
-    assert!(
-        load.wait_replies(2_000, DEADLINE),
-        "load did not get going: {}",
-        load.counts.summary()
-    );
     let began = Instant::now();
     let mut timings = Vec::new();
     for i in 0..3 {
@@ -248,19 +233,9 @@ fn rolling_restart_behind_haproxy_loses_nothing() {
             load.counts.summary()
         );
     }
-    let counts = load.stop();
-    println!(
+    load.finish(&format!(
         "rolling restart of 3 instances behind HAProxy in {:?} under 50 churning + 100 kept-alive \
-         clients: {}; per instance (out of HAProxy, exited 0, up again): {:?}",
-        began.elapsed(),
-        counts.summary(),
-        timings
-    );
-    assert_eq!(
-        counts.errors(),
-        0,
-        "{}; first errors: {:?}",
-        counts.summary(),
-        counts.samples.lock().unwrap()
-    );
+         clients; per instance (out of HAProxy, exited 0, up again): {timings:?}",
+        began.elapsed()
+    ));
 }

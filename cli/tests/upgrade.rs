@@ -180,6 +180,17 @@ impl Service {
         )
     }
 
+    /// An upgrade by `sockserv upgrade` that must succeed, and the old
+    /// process's exit 0 after it.
+    fn upgrade_ok(&mut self) {
+        let old = self.pid;
+        let out = self.upgrade_command();
+        assert_eq!(out.code(), Some(0), "{out:?}");
+        self.pid = new_pid(&out.stdout);
+        let status = wait_exit(old, DEADLINE).expect("the old process exits");
+        assert!(exited_zero(status), "status {status:#x}");
+    }
+
     /// One line through the server now.
     fn served(&self) -> bool {
         let Ok(mut s) = TcpStream::connect_timeout(&self.addr(), DEADLINE) else {
@@ -203,6 +214,15 @@ impl Drop for Service {
     }
 }
 
+/// The seed's server on a free port, line by line.
+const UPPER: &[&str] = &[
+    "--handler",
+    "upper",
+    "--framing",
+    "line",
+    "tcp://127.0.0.1:0",
+];
+
 /// The new pid from `upgraded: pid OLD handed over to pid NEW, and drains`.
 fn new_pid(out: &str) -> i32 {
     out.split("to pid ")
@@ -220,22 +240,8 @@ fn new_pid(out: &str) -> i32 {
 fn five_upgrades_under_load_refuse_nothing() {
     adopt_orphans();
     let dep = Deployed::new("upg-load");
-    let mut svc = Service::start(
-        &dep,
-        &[
-            "--handler",
-            "upper",
-            "--framing",
-            "line",
-            "tcp://127.0.0.1:0",
-        ],
-    );
+    let mut svc = Service::start(&dep, UPPER);
     let load = Load::start(svc.addr(), 50, 100);
-    assert!(
-        load.wait_replies(2_000, DEADLINE),
-        "load did not get going: {}",
-        load.counts.summary()
-    );
     let began = Instant::now();
     let mut timings = Vec::new();
     for round in 0..5 {
@@ -286,21 +292,11 @@ fn five_upgrades_under_load_refuse_nothing() {
             load.counts.summary()
         );
     }
-    let counts = load.stop();
-    println!(
-        "five upgrades in {:?} under 50 churning + 100 kept-alive clients: {}; \
-         per upgrade (successor ready, old process exited 0): {:?}",
-        began.elapsed(),
-        counts.summary(),
-        timings
-    );
-    assert_eq!(
-        counts.errors(),
-        0,
-        "{}; first errors: {:?}",
-        counts.summary(),
-        counts.samples.lock().unwrap()
-    );
+    load.finish(&format!(
+        "five upgrades in {:?} under 50 churning + 100 kept-alive clients; \
+         per upgrade (successor ready, old process exited 0): {timings:?}",
+        began.elapsed()
+    ));
     assert!(svc.served());
 }
 
@@ -311,16 +307,7 @@ fn five_upgrades_under_load_refuse_nothing() {
 fn a_successor_that_exits_at_once_leaves_the_old_serving() {
     adopt_orphans();
     let dep = Deployed::new("upg-fail");
-    let mut svc = Service::start(
-        &dep,
-        &[
-            "--handler",
-            "upper",
-            "--framing",
-            "line",
-            "tcp://127.0.0.1:0",
-        ],
-    );
+    let mut svc = Service::start(&dep, UPPER);
     dep.install_script("#!/bin/sh\nexit 3\n");
     let out = svc.upgrade_command();
     assert_eq!(out.code(), Some(1), "{out:?}");
@@ -337,12 +324,7 @@ fn a_successor_that_exits_at_once_leaves_the_old_serving() {
     assert!(svc.served(), "the old process serves on");
 
     dep.install(Path::new(cli_bin()));
-    let old = svc.pid;
-    let out = svc.upgrade_command();
-    assert_eq!(out.code(), Some(0), "{out:?}");
-    svc.pid = new_pid(&out.stdout);
-    let status = wait_exit(old, DEADLINE).expect("the old process exits");
-    assert!(exited_zero(status), "status {status:#x}");
+    svc.upgrade_ok();
     assert!(svc.served(), "the new process serves");
 }
 
@@ -353,18 +335,7 @@ fn a_successor_that_exits_at_once_leaves_the_old_serving() {
 fn a_second_upgrade_during_one_is_ignored_and_a_slow_successor_stopped() {
     adopt_orphans();
     let dep = Deployed::new("upg-busy");
-    let svc = Service::start(
-        &dep,
-        &[
-            "--handler",
-            "upper",
-            "--framing",
-            "line",
-            "--upgrade-timeout",
-            "2s",
-            "tcp://127.0.0.1:0",
-        ],
-    );
+    let svc = Service::start(&dep, &[UPPER, &["--upgrade-timeout", "2s"]].concat());
     // Holds the sockets, never reports ready.
     dep.install_script("#!/bin/sh\nexec sleep 30\n");
     svc.signal(libc::SIGUSR2);
@@ -426,12 +397,7 @@ fn the_successors_programs_see_no_handoff_variables() {
             "echo \"${LISTEN_FDS-unset} ${LISTEN_PID-unset} ${LISTEN_FDNAMES-unset} ${SOCKSERV_UPGRADE-unset}\"",
         ],
     );
-    let old = svc.pid;
-    let out = svc.upgrade_command();
-    assert_eq!(out.code(), Some(0), "{out:?}");
-    svc.pid = new_pid(&out.stdout);
-    let status = wait_exit(old, DEADLINE).expect("the old process exits");
-    assert!(exited_zero(status), "status {status:#x}");
+    svc.upgrade_ok();
     let mut s = TcpStream::connect_timeout(&svc.addr(), DEADLINE).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut line = String::new();

@@ -88,7 +88,7 @@ pub struct Load {
 
 impl Load {
     /// Starts `churn` churning and `keep` kept-alive clients against
-    /// `addr`.
+    /// `addr`, and waits (bounded) until they have had 2,000 replies.
     pub fn start(addr: SocketAddr, churn: usize, keep: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let counts = Arc::new(Counts::default());
@@ -109,11 +109,17 @@ impl Load {
                     .expect("spawn a client"),
             );
         }
-        Load {
+        let load = Load {
             stop,
             threads,
             counts,
-        }
+        };
+        assert!(
+            load.wait_replies(2_000, super::DEADLINE),
+            "the load did not get going: {}",
+            load.counts.summary()
+        );
+        load
     }
 
     /// Waits (bounded) until the clients have had `replies` more replies.
@@ -125,13 +131,22 @@ impl Load {
     }
 
     /// Stops every client (each finishes its exchange in progress,
-    /// bounded by the reply timeout) and returns the counts.
-    pub fn stop(self) -> Arc<Counts> {
+    /// bounded by the reply timeout), prints `what` with the counts (the
+    /// figures docs/DEPLOY.md quotes) and asserts that nothing went wrong.
+    pub fn finish(self, what: &str) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             let _ = t.join();
         }
-        self.counts
+        let counts = self.counts;
+        println!("{what}: {}", counts.summary());
+        assert_eq!(
+            counts.errors(),
+            0,
+            "{what}: {}; first errors: {:?}",
+            counts.summary(),
+            counts.samples.lock().unwrap()
+        );
     }
 }
 

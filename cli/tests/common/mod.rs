@@ -363,6 +363,17 @@ impl ChildGuard {
         }
     }
 
+    /// The admin endpoint's URL (`http://HOST:PORT`) from the `admin`
+    /// line printed after the `listening` lines (panics after a deadline).
+    pub fn admin_url(&self) -> String {
+        let out = self.read_stdout_until(DEADLINE, |s| s.contains("admin http://"));
+        out.lines()
+            .find_map(|l| l.strip_prefix("admin "))
+            .unwrap_or_else(|| panic!("no admin line in {out:?}"))
+            .trim()
+            .to_string()
+    }
+
     /// Everything the child wrote on stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
