@@ -991,7 +991,7 @@ impl Server {
         if !self.shared.handed_off() {
             l.listener.stop_handshakes();
         }
-        let most = 2 * self.ctx.options.backlog.max(1) as usize;
+        let most = self.shared.last_accepts(self.ctx.options.backlog);
         for _ in 0..most {
             match acceptor.accept(&l, &self.ctx) {
                 Accepted::Conn(a) => self.engine.dispatch(Work::Conn(a), &self.ctx),

@@ -313,6 +313,22 @@ impl Shared {
         self.handoff.load(Ordering::Acquire)
     }
 
+    /// How many connections a listener's last accepts at the drain may
+    /// take. A plain stop: its backlog twice over (what was queued, and
+    /// the handshakes under way when new SYNs began to be dropped). A
+    /// handoff: a turn's worth, only so that a wake-up this server took
+    /// from the successor (a loop of ours was waiting in epoll when the
+    /// connection came) is not left unanswered; with no filter the queue
+    /// refills at the rate clients connect, and the successor — woken for
+    /// every connection that came while we were not waiting — takes them.
+    pub(crate) fn last_accepts(&self, backlog: i32) -> usize {
+        if self.handed_off() {
+            64
+        } else {
+            2 * backlog.max(1) as usize
+        }
+    }
+
     /// The drain deadline is kept here, once, by a thread of its own — not
     /// by the serving thread: in sequential mode that thread is busy
     /// serving the very connection that may be holding the drain up.

@@ -185,7 +185,7 @@ impl Service {
     fn upgrade_ok(&mut self) {
         let old = self.pid;
         let out = self.upgrade_command();
-        assert_eq!(out.code(), Some(0), "{out:?}");
+        assert_eq!(out.code(), Some(0), "{out:?}; log: {}", self.log());
         self.pid = new_pid(&out.stdout);
         let status = wait_exit(old, DEADLINE).expect("the old process exits");
         assert!(exited_zero(status), "status {status:#x}");
@@ -237,10 +237,21 @@ fn new_pid(out: &str) -> i32 {
 /// freshly deployed file: nothing refused, reset, lost or wrong, and every
 /// old process exits 0 after its drain.
 #[test]
-fn five_upgrades_under_load_refuse_nothing() {
+fn five_upgrades_under_load_refuse_nothing_async() {
+    five_upgrades_under_load("async");
+}
+
+/// The same with a thread per connection: the serving thread accepts,
+/// and its drain is the one that must leave the listener alone.
+#[test]
+fn five_upgrades_under_load_refuse_nothing_threads() {
+    five_upgrades_under_load("threads");
+}
+
+fn five_upgrades_under_load(mode: &str) {
     adopt_orphans();
     let dep = Deployed::new("upg-load");
-    let mut svc = Service::start(&dep, UPPER);
+    let mut svc = Service::start(&dep, &[UPPER, &["--mode", mode]].concat());
     let load = Load::start(svc.addr(), 50, 100);
     let began = Instant::now();
     let mut timings = Vec::new();
@@ -293,7 +304,7 @@ fn five_upgrades_under_load_refuse_nothing() {
         );
     }
     load.finish(&format!(
-        "five upgrades in {:?} under 50 churning + 100 kept-alive clients; \
+        "{mode}: five upgrades in {:?} under 50 churning + 100 kept-alive clients; \
          per upgrade (successor ready, old process exited 0): {timings:?}",
         began.elapsed()
     ));
@@ -403,4 +414,25 @@ fn the_successors_programs_see_no_handoff_variables() {
     let mut line = String::new();
     BufReader::new(&mut s).read_line(&mut line).unwrap();
     assert_eq!(line, "unset unset unset unset\n", "log: {}", svc.log());
+}
+
+/// A Unix socket is handed over like a TCP one: its file stays (the old
+/// process must not remove what the successor serves on) and the successor
+/// serves on it.
+#[test]
+fn a_unix_socket_is_handed_over_and_its_file_kept() {
+    adopt_orphans();
+    let dep = Deployed::new("upg-unix");
+    let path = dep.dir.join("s.sock");
+    let unix = format!("unix://{}", path.display());
+    let mut svc = Service::start(&dep, &[UPPER, &[unix.as_str()]].concat());
+    svc.upgrade_ok();
+    assert!(path.exists(), "the socket file is still there");
+    let mut s = std::os::unix::net::UnixStream::connect(&path).expect("connect to the new process");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(b"unix\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    assert_eq!(line, "UNIX\n");
+    assert!(svc.served(), "and the TCP listener");
 }

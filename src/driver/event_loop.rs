@@ -771,7 +771,7 @@ impl Loop {
                 l.listener.stop_handshakes();
             }
         }
-        let most = 2 * self.ctx.options.backlog.max(1) as usize;
+        let most = self.ctx.shared.last_accepts(self.ctx.options.backlog);
         self.accept_up_to(k, most);
     }
 }
