@@ -436,3 +436,68 @@ fn a_unix_socket_is_handed_over_and_its_file_kept() {
     assert_eq!(line, "UNIX\n");
     assert!(svc.served(), "and the TCP listener");
 }
+
+/// `GET /readyz` on `addr`: the status code, or what went wrong.
+fn readyz(addr: &str) -> Result<u16, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(
+        format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| format!("write: {e}"))?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .map_err(|e| format!("read: {e}"))?;
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status in {text:?}"))
+}
+
+/// With `--admin` on a fixed port the admin socket is handed over too: a
+/// health check polling `/readyz` through an upgrade is answered 200 every
+/// time — before, during and after — never refused, never 503.
+#[test]
+fn a_fixed_admin_port_answers_ready_throughout_an_upgrade() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    adopt_orphans();
+    let dep = Deployed::new("upg-admin");
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    let mut svc = Service::start(&dep, &[UPPER, &["--admin", admin.as_str()]].concat());
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let bad = Arc::new(Mutex::new(Vec::new()));
+    let poller = {
+        let (stop, ok, bad, admin) = (
+            Arc::clone(&stop),
+            Arc::clone(&ok),
+            Arc::clone(&bad),
+            admin.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match readyz(&admin) {
+                    Ok(200) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => bad.lock().unwrap().push(format!("{other:?}")),
+                }
+            }
+        })
+    };
+    assert!(wait_until(DEADLINE, || ok.load(Ordering::Relaxed) >= 20));
+    let old = svc.pid;
+    svc.upgrade_ok();
+    let after = ok.load(Ordering::Relaxed);
+    assert!(wait_until(DEADLINE, || ok.load(Ordering::Relaxed) >= after + 20));
+    stop.store(true, Ordering::Relaxed);
+    poller.join().unwrap();
+    let bad = bad.lock().unwrap();
+    println!(
+        "admin on {admin} through the upgrade of pid {old}: {} checks answered 200, {} not: {:?}",
+        ok.load(Ordering::Relaxed),
+        bad.len(),
+        bad.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(bad.is_empty(), "{:?}", *bad);
+}

@@ -193,6 +193,8 @@ pub fn render_connections_json(snap: &Snapshot, limit: usize, closed: usize) -> 
 #[derive(Debug)]
 pub struct AdminHandle {
     addr: SocketAddr,
+    /// A duplicate of the listening socket, for [`AdminHandle::listener_fd`].
+    lent: std::os::fd::OwnedFd,
     stop: Option<watch::Sender<bool>>,
     thread: Option<JoinHandle<()>>,
     /// Disconnected (or sent to) when the thread is about to end.
@@ -205,6 +207,13 @@ impl AdminHandle {
     /// The address it listens on (port 0 resolved).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The listening socket, to pass to a process that takes over (see
+    /// [`start_on`]); it stays open as long as this handle.
+    pub fn listener_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.lent.as_fd()
     }
 
     /// `http://HOST:PORT` (no trailing slash), the form of the CLI's
@@ -248,9 +257,6 @@ impl Drop for AdminHandle {
 /// Fails with a one-line error if the address does not parse or resolve,
 /// is not loopback while [`AdminConfig::public`] is off, or cannot be bound.
 pub fn start(config: AdminConfig, source: Arc<dyn Source>) -> Result<AdminHandle, Error> {
-    if config.max_connections == 0 {
-        return Err(Error::config("admin max_connections must be at least 1"));
-    }
     let addrs: Vec<SocketAddr> = config
         .addr
         .to_socket_addrs()
@@ -270,10 +276,7 @@ pub fn start(config: AdminConfig, source: Arc<dyn Source>) -> Result<AdminHandle
     }
     if !config.public {
         if let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
-            return Err(Error::config(format!(
-                "admin address {} is not loopback; the admin endpoint listens on other interfaces only when made public",
-                a
-            )));
+            return Err(not_loopback(a));
         }
     }
     let mut last_err = None;
@@ -296,9 +299,38 @@ pub fn start(config: AdminConfig, source: Arc<dyn Source>) -> Result<AdminHandle
             ))
         }
     };
+    start_on(config, listener, source)
+}
+
+fn not_loopback(a: &SocketAddr) -> Error {
+    Error::config(format!(
+        "admin address {a} is not loopback; the admin endpoint listens on other interfaces only when made public"
+    ))
+}
+
+/// Serves the admin endpoint on a listening socket opened elsewhere: one a
+/// process inherited from the one it replaces (a binary upgrade), so the
+/// endpoint keeps its address — a load balancer's health check on a fixed
+/// port goes on being answered across the upgrade. `config.addr` is only
+/// for messages; the loopback rule applies to the socket's own address.
+pub fn start_on(
+    config: AdminConfig,
+    listener: StdListener,
+    source: Arc<dyn Source>,
+) -> Result<AdminHandle, Error> {
+    if config.max_connections == 0 {
+        return Err(Error::config("admin max_connections must be at least 1"));
+    }
     let addr = listener
         .local_addr()
         .map_err(|e| Error::socket("cannot read the admin address", e))?;
+    if !config.public && !addr.ip().is_loopback() {
+        return Err(not_loopback(&addr));
+    }
+    // Kept for `listener_fd`, whatever becomes of the accept loop's copy.
+    let lent = listener
+        .try_clone()
+        .map_err(|e| Error::socket("cannot duplicate the admin listener", e))?;
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::socket("cannot set the admin listener non-blocking", e))?;
@@ -333,6 +365,7 @@ pub fn start(config: AdminConfig, source: Arc<dyn Source>) -> Result<AdminHandle
         .map_err(|e| Error::socket("cannot start the admin thread", e))?;
     Ok(AdminHandle {
         addr,
+        lent: lent.into(),
         stop: Some(tx),
         thread: Some(thread),
         done,

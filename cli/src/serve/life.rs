@@ -13,7 +13,7 @@ use sockserv::Server;
 
 use super::plan::{Plan, RulesSource};
 use super::reload_rules;
-use super::upgrade::{Passed, Readiness, Settings, Upgrader};
+use super::upgrade::{Handoff, Passed, Settings, Upgrader};
 use crate::error::CliError;
 
 /// The signals `serve` handles, installed before anything is bound or
@@ -28,7 +28,7 @@ pub(crate) struct Options {
     pub(crate) shutdown_delay: Duration,
     pub(crate) upgrade: Settings,
     /// Set when an upgrade started this process: told once it serves.
-    pub(crate) readiness: Option<Readiness>,
+    pub(crate) handoff: Option<Handoff>,
 }
 
 /// Installs the handlers: SIGINT and SIGTERM stop; SIGUSR2 upgrades;
@@ -67,24 +67,30 @@ pub(crate) fn run(signals: Signals, plan: Plan, options: Options) -> Result<(), 
     // Set at the first stop signal: /readyz fails from then on, even while
     // the shutdown delay still serves.
     let leaving = Arc::new(AtomicBool::new(false));
-    let upgrader = Arc::new(Upgrader::new(
-        options.upgrade,
-        passed_listeners(&plan),
-        handles.clone(),
-        Arc::clone(&leaving),
-    ));
+    let (readiness, inherited_admin) = match options.handoff {
+        Some(h) => (Some(h.readiness), h.admin),
+        None => (None, None),
+    };
+    let passed = passed_listeners(&plan);
     let admin = match plan.admin {
         Some(config) => {
-            let source = crate::admin::Combined::new(handles.clone(), Arc::clone(&leaving));
-            Some(
-                sockserv::admin::start(config, std::sync::Arc::new(source)).map_err(|e| {
-                    if e.is_usage() {
-                        CliError::usage(e)
-                    } else {
-                        CliError::runtime(e)
-                    }
-                })?,
-            )
+            let source = Arc::new(crate::admin::Combined::new(
+                handles.clone(),
+                Arc::clone(&leaving),
+            ));
+            // An upgrade passes the old process's admin socket: same
+            // address, and its queue kept.
+            let started = match inherited_admin {
+                Some(l) => sockserv::admin::start_on(config, l, source),
+                None => sockserv::admin::start(config, source),
+            };
+            Some(started.map_err(|e| {
+                if e.is_usage() {
+                    CliError::usage(e)
+                } else {
+                    CliError::runtime(e)
+                }
+            })?)
         }
         None => None,
     };
@@ -98,6 +104,16 @@ pub(crate) fn run(signals: Signals, plan: Plan, options: Options) -> Result<(), 
         }
         let _ = out.flush();
     }
+    // Shared with the upgrade, which stops it at the handoff (the
+    // successor answers on the same socket from then on).
+    let admin = Arc::new(std::sync::Mutex::new(admin));
+    let upgrader = Arc::new(Upgrader::new(
+        options.upgrade,
+        passed,
+        handles.clone(),
+        Arc::clone(&leaving),
+        Arc::clone(&admin),
+    ));
     tracing::info!("serving: {}", plan.summary);
 
     let stopping = std::sync::Arc::new(std::sync::Once::new());
@@ -133,7 +149,14 @@ pub(crate) fn run(signals: Signals, plan: Plan, options: Options) -> Result<(), 
                 continue;
             }
             let first = !leaving.swap(true, Ordering::AcqRel);
-            if first && !delay.is_zero() && !signal_handles.iter().any(|h| h.is_requested()) {
+            let draining = signal_handles.iter().any(|h| h.is_requested());
+            if first && draining {
+                // Handed over to a successor (or a server failed): the
+                // drain is under way; only a second signal cuts it short.
+                tracing::info!("signal {sig}: already draining; a second signal stops at once");
+                continue;
+            }
+            if first && !delay.is_zero() {
                 tracing::info!(
                     "signal {sig}: not ready; serving {delay:?} more (--shutdown-delay), then draining"
                 );
@@ -154,7 +177,7 @@ pub(crate) fn run(signals: Signals, plan: Plan, options: Options) -> Result<(), 
                 });
                 continue;
             }
-            let in_delay = !first && !signal_handles.iter().any(|h| h.is_requested());
+            let in_delay = !first && !draining;
             tracing::info!("signal {sig}: shutting down");
             signal_stopping.call_once(|| notify("STOPPING=1"));
             for h in &signal_handles {
@@ -183,7 +206,7 @@ pub(crate) fn run(signals: Signals, plan: Plan, options: Options) -> Result<(), 
         if summary.len() == 1 { "" } else { "s" },
         summary.join(", ")
     ));
-    if let Some(r) = options.readiness {
+    if let Some(r) = readiness {
         r.ready();
     }
     // The watchdog pings while serving; it ends at the drain (a stop was
@@ -220,7 +243,7 @@ pub(crate) fn run(signals: Signals, plan: Plan, options: Options) -> Result<(), 
         }
     }
     // The admin endpoint answers (503 on /readyz) until the drain is over.
-    drop(admin);
+    drop(admin.lock().unwrap_or_else(|p| p.into_inner()).take());
     match failure {
         Some(e) => Err(e),
         None => Ok(()),

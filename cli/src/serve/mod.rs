@@ -399,7 +399,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     let _log = crate::logging::init(args.verbose);
     let signals = life::install_signals(args.rules.is_some())?;
     // Before the plan takes the LISTEN_* sockets the handoff comes with.
-    let readiness = upgrade::take_handoff()?;
+    let handoff = upgrade::take_handoff()?;
     let options = life::Options {
         shutdown_delay: args.shutdown_delay,
         upgrade: upgrade::Settings {
@@ -407,7 +407,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             timeout: args.upgrade_timeout,
             drain_timeout: args.drain_timeout,
         },
-        readiness,
+        handoff,
     };
     let plan = plan::from_args(args)?;
     life::run(signals, plan, options)

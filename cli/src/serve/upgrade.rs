@@ -7,8 +7,11 @@
 //! sockets inherited in the `LISTEN_FDS` / `LISTEN_FDNAMES` format, so the
 //! successor takes them through `sockserv::activation` exactly as it takes
 //! a service manager's. The environment also carries the versioned
-//! handoff, `SOCKSERV_UPGRADE=1:<fd>`: protocol version 1, and the write
-//! end of a readiness pipe at `<fd>` (right after the listeners). The old
+//! handoff, `SOCKSERV_UPGRADE=1:<fd>[:<admin fd>]`: protocol version 1, the
+//! write end of a readiness pipe at `<fd>` (right after the listeners) and,
+//! with `--admin`, the admin endpoint's socket (so a health check on a
+//! fixed port is answered throughout; the old process stops serving it at
+//! the handoff). The old
 //! process keeps accepting until the successor writes `READY=1\n` on it,
 //! then hands off ([`sockserv::ShutdownHandle::hand_off`]: stop accepting,
 //! drain, leave the sockets and their queues to the successor) and exits 0
@@ -32,10 +35,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sockserv::activation::{InheritedSocket, LISTEN_FDS_START};
+use sockserv::admin::AdminHandle;
 use sockserv::{Endpoint, ShutdownHandle};
 
 use crate::error::CliError;
@@ -147,6 +151,9 @@ pub(crate) struct Upgrader {
     /// Set from the first stop signal on: no upgrade starts, and one under
     /// way is abandoned.
     leaving: Arc<AtomicBool>,
+    /// The admin endpoint, if any: its socket is passed on too, and it
+    /// stops at the handoff.
+    admin: Arc<Mutex<Option<AdminHandle>>>,
     busy: AtomicBool,
 }
 
@@ -156,12 +163,14 @@ impl Upgrader {
         listeners: Vec<Passed>,
         servers: Vec<ShutdownHandle>,
         leaving: Arc<AtomicBool>,
+        admin: Arc<Mutex<Option<AdminHandle>>>,
     ) -> Upgrader {
         Upgrader {
             settings,
             listeners,
             servers,
             leaving,
+            admin,
             busy: AtomicBool::new(false),
         }
     }
@@ -221,6 +230,13 @@ impl Upgrader {
         drop(ready);
         match outcome {
             Ok(()) => {
+                // The admin endpoint first: from here only the successor
+                // answers on its socket (a health check must not meet this
+                // process's 503 of a drain).
+                let admin = self.admin.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(a) = admin {
+                    a.stop();
+                }
                 if !self.servers.iter().all(ShutdownHandle::hand_off) {
                     // A stop began between the check and here: the sockets
                     // may be filtered already; the successor cannot have them.
@@ -333,9 +349,10 @@ impl Upgrader {
     fn spawn(&self) -> io::Result<(libc::pid_t, OwnedFd)> {
         let n = self.listeners.len();
         let ready_fd = LISTEN_FDS_START + n as RawFd;
-        // Copies above every target descriptor, so no dup2 in the child
-        // overwrites a source it has yet to move.
-        let floor = ready_fd + 1;
+        // Copies above every target descriptor (the listeners, the pipe,
+        // the admin socket), so no dup2 in the child overwrites a source
+        // it has yet to move.
+        let floor = ready_fd + 2;
         let mut copies = Vec::new();
         for l in &self.listeners {
             copies.push(dup_above(l.fd, floor)?);
@@ -349,6 +366,19 @@ impl Upgrader {
             .map(|(i, c)| (c.as_raw_fd(), LISTEN_FDS_START + i as RawFd))
             .collect();
         moves.push((write_copy.as_raw_fd(), ready_fd));
+        // The admin endpoint's socket, after the pipe.
+        let admin_fd = ready_fd + 1;
+        let admin_copy = match &*self.admin.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(a) => Some(dup_above(a.listener_fd().as_raw_fd(), floor)?),
+            None => None,
+        };
+        let handoff = match &admin_copy {
+            Some(c) => {
+                moves.push((c.as_raw_fd(), admin_fd));
+                format!("{HANDOFF_VERSION}:{ready_fd}:{admin_fd}")
+            }
+            None => format!("{HANDOFF_VERSION}:{ready_fd}"),
+        };
 
         let cstr = |b: &[u8]| {
             CString::new(b).map_err(|_| io::Error::other("an argument or variable holds a NUL"))
@@ -377,9 +407,7 @@ impl Upgrader {
         env.push(cstr(
             format!("LISTEN_FDNAMES={}", names.join(":")).as_bytes(),
         )?);
-        env.push(cstr(
-            format!("{HANDOFF_VAR}={HANDOFF_VERSION}:{ready_fd}").as_bytes(),
-        )?);
+        env.push(cstr(format!("{HANDOFF_VAR}={handoff}").as_bytes())?);
         // LISTEN_PID names the child, known only after the fork: the child
         // writes its pid into this buffer (its own copy of the page).
         const PID_PREFIX: &[u8] = b"LISTEN_PID=";
@@ -417,6 +445,7 @@ impl Upgrader {
         // The copies close here: the child has its own.
         drop(copies);
         drop(write_copy);
+        drop(admin_copy);
         Ok((pid, read_end))
     }
 }
@@ -553,6 +582,14 @@ fn reply(requester: Option<libc::pid_t>, sig: libc::c_int, value: usize) {
 /// Set when this process was started by an upgrade.
 static SUCCESSOR: AtomicBool = AtomicBool::new(false);
 
+/// What a process started by an upgrade was handed besides the sockets
+/// of `LISTEN_FDS`.
+pub(crate) struct Handoff {
+    pub(crate) readiness: Readiness,
+    /// The old process's admin endpoint socket, if it had one.
+    pub(crate) admin: Option<std::net::TcpListener>,
+}
+
 /// The successor's end of the readiness pipe.
 pub(crate) struct Readiness(OwnedFd);
 
@@ -575,10 +612,11 @@ impl Readiness {
 }
 
 /// At start-up, before anything reads the environment: the handoff of the
-/// process that started this one by an upgrade, if any. The variable is
-/// removed either way. An unknown version is an error (the old process
-/// then serves on).
-pub(crate) fn take_handoff() -> Result<Option<Readiness>, CliError> {
+/// process that started this one by an upgrade, if any —
+/// `SOCKSERV_UPGRADE=1:READY_FD[:ADMIN_FD]`. The variable is removed either
+/// way. An unknown version or a bad descriptor is an error (the old
+/// process then serves on).
+pub(crate) fn take_handoff() -> Result<Option<Handoff>, CliError> {
     let Some(value) = std::env::var_os(HANDOFF_VAR) else {
         return Ok(None);
     };
@@ -590,29 +628,43 @@ pub(crate) fn take_handoff() -> Result<Option<Readiness>, CliError> {
     }
     let text = value.to_string_lossy();
     let bad = |why: &str| CliError::runtime(format!("{HANDOFF_VAR}={text}: {why}"));
-    let (version, fd) = text
-        .split_once(':')
-        .ok_or_else(|| bad("expected VERSION:FD"))?;
+    let mut fields = text.split(':');
+    let version = fields.next().unwrap_or_default();
     if version.parse::<u32>().ok() != Some(HANDOFF_VERSION) {
         return Err(bad(&format!(
             "handoff version {version} is not the one this sockserv speaks ({HANDOFF_VERSION})"
         )));
     }
-    let fd: RawFd = fd
-        .parse()
-        .ok()
-        .filter(|&fd| fd > 2)
-        .ok_or_else(|| bad("not a descriptor"))?;
-    // SAFETY: F_GETFD only reads the descriptor's flags.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(bad("the readiness descriptor is not open"));
-    }
-    // SAFETY: the handoff gives this process the descriptor; nothing else
-    // in it owns it. Close-on-exec, so no program it starts inherits it.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    let own = |field: Option<&str>, what: &str| -> Result<OwnedFd, CliError> {
+        let fd: RawFd = field
+            .and_then(|f| f.parse().ok())
+            .filter(|&fd| fd > 2)
+            .ok_or_else(|| bad(&format!("no {what} descriptor")))?;
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(bad(&format!("the {what} descriptor {fd} is not open")));
+        }
+        // SAFETY: the handoff gives this process the descriptor; nothing
+        // else in it owns it. Close-on-exec, so no program it starts
+        // inherits it.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let readiness = Readiness(own(fields.next(), "readiness")?);
+    let admin = match fields.next() {
+        None => None,
+        Some(f) => {
+            // Checked like any inherited socket: listening, TCP.
+            let sock = sockserv::activation::InheritedSocket::from_fd(own(Some(f), "admin")?, None)
+                .map_err(|e| bad(&e.to_string()))?;
+            if !matches!(sock.endpoint(), Endpoint::Tcp(_)) {
+                return Err(bad("the admin socket is not a TCP listener"));
+            }
+            Some(std::net::TcpListener::from(sock.into_fd()))
+        }
+    };
     SUCCESSOR.store(true, Ordering::Release);
-    Ok(Some(Readiness(owned)))
+    Ok(Some(Handoff { readiness, admin }))
 }
 
 /// In a successor with ADDRs on its command line: the inherited sockets,
