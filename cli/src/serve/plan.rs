@@ -97,38 +97,38 @@ pub(crate) fn from_args(args: ServeArgs) -> Result<Plan, CliError> {
     // What to serve: the addresses given; without any, the sockets a
     // service manager passed (LISTEN_FDS for this process); else the
     // seed's address.
-    let mut sources: Vec<Option<Listen>> =
-        if let Some(inherited) = super::upgrade::inherited_for(&args.addrs)? {
-            // Started by an upgrade: the old process's sockets, one per ADDR.
-            inherited
-                .into_iter()
-                .map(Listen::Socket)
-                .map(Some)
-                .collect()
-        } else if !args.addrs.is_empty() {
-            args.addrs
-                .iter()
-                .cloned()
-                .map(Listen::Addr)
-                .map(Some)
-                .collect()
-        } else if sockserv::activation::listen_fds().is_some() {
-            let inherited = sockserv::activation::take_listeners().map_err(CliError::runtime)?;
-            if inherited.is_empty() {
-                return Err(CliError::runtime(
-                    "LISTEN_FDS passes no sockets: nothing to serve (give an ADDR)",
-                ));
-            }
-            inherited
-                .into_iter()
-                .map(Listen::Socket)
-                .map(Some)
-                .collect()
-        } else {
-            vec![Some(Listen::Addr(DEFAULT_ADDR.parse().map_err(
-                |e: sockserv::addr::ParseEndpointError| CliError::runtime(e),
-            )?))]
-        };
+    // Started by an upgrade: the old process's sockets, one per ADDR.
+    let handed = super::upgrade::inherited_for(&args.addrs)?;
+    let mut sources: Vec<Option<Listen>> = if let Some(inherited) = handed {
+        inherited
+            .into_iter()
+            .map(Listen::Socket)
+            .map(Some)
+            .collect()
+    } else if !args.addrs.is_empty() {
+        args.addrs
+            .iter()
+            .cloned()
+            .map(Listen::Addr)
+            .map(Some)
+            .collect()
+    } else if sockserv::activation::listen_fds().is_some() {
+        let inherited = sockserv::activation::take_listeners().map_err(CliError::runtime)?;
+        if inherited.is_empty() {
+            return Err(CliError::runtime(
+                "LISTEN_FDS passes no sockets: nothing to serve (give an ADDR)",
+            ));
+        }
+        inherited
+            .into_iter()
+            .map(Listen::Socket)
+            .map(Some)
+            .collect()
+    } else {
+        vec![Some(Listen::Addr(DEFAULT_ADDR.parse().map_err(
+            |e: sockserv::addr::ParseEndpointError| CliError::runtime(e),
+        )?))]
+    };
     let endpoints: Vec<Endpoint> = sources
         .iter()
         .flatten()
