@@ -60,8 +60,7 @@ now at the path this one was started from, same arguments, the listening
 sockets inherited (LISTEN_FDS); once the new process reports ready, this one
 stops accepting, drains and exits 0. If it fails, exits or is not ready within
 --upgrade-timeout, it is stopped and this one serves on. One upgrade at a
-time. With
---rules, SIGHUP re-reads the rules file (open connections are kept; a file
+time. With --rules, SIGHUP re-reads the rules file (open connections are kept; a file
 that does not parse keeps the rules in force and logs the line at fault);
 without it SIGHUP is ignored. SIGHUP never kills the server.
 
