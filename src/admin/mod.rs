@@ -469,10 +469,14 @@ async fn connection(
         .max_buf_size(16 * 1024);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
+    // A connection accepted moments before the stop gets until 100 ms
+    // after its accept before the graceful close: its first request may be
+    // on its way (a health check meeting the handoff of an upgrade, when
+    // the successor answers on the same socket), and closing an idle
+    // connection is at once.
+    let young_until = started + Duration::from_millis(100);
     let mut stopping = *stop.borrow();
-    if stopping {
-        conn.as_mut().graceful_shutdown();
-    }
+    let mut close_at = stopping.then_some(young_until);
     loop {
         let idle_until =
             started + Duration::from_millis(last.load(Ordering::Relaxed)) + config.idle_timeout;
@@ -488,6 +492,14 @@ async fn connection(
             }
             _ = stop.changed(), if !stopping => {
                 stopping = true;
+                if Instant::now() < young_until {
+                    close_at = Some(young_until);
+                } else {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            _ = tokio::time::sleep_until(close_at.unwrap_or(started).into()), if close_at.is_some() => {
+                close_at = None;
                 conn.as_mut().graceful_shutdown();
             }
         }
