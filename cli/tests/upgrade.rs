@@ -182,7 +182,13 @@ impl Service {
     fn upgrade_ok(&mut self) {
         let old = self.pid;
         let out = self.upgrade_command();
-        assert_eq!(out.code(), Some(0), "{out:?}; log: {}", self.log());
+        assert_eq!(
+            out.code(),
+            Some(0),
+            "{out:?}; log: {}; {}",
+            self.log(),
+            threads_of(old)
+        );
         self.pid = new_pid(&out.stdout);
         let status = wait_exit(old, DEADLINE).expect("the old process exits");
         assert!(exited_zero(status), "status {status:#x}");
@@ -219,6 +225,32 @@ const UPPER: &[&str] = &[
     "line",
     "tcp://127.0.0.1:0",
 ];
+
+/// What each thread of `pid` is doing (name, state, kernel wait
+/// channel), for a failure message about a process that did not answer.
+fn threads_of(pid: i32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("pid {pid} is gone");
+    };
+    let mut out = format!("threads of pid {pid}:");
+    for t in tasks.flatten() {
+        let p = t.path();
+        let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+        let state = read("stat")
+            .split(") ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or("?")
+            .to_string();
+        out.push_str(&format!(
+            " [{} {} {}]",
+            read("comm").trim(),
+            state,
+            read("wchan").trim()
+        ));
+    }
+    out
+}
 
 /// The new pid from `upgraded: pid OLD handed over to pid NEW, and drains`.
 fn new_pid(out: &str) -> i32 {
@@ -267,8 +299,9 @@ fn five_upgrades_under_load(mode: &str) {
             assert_eq!(
                 out.code(),
                 Some(0),
-                "upgrade {round}: {out:?}; log: {}",
-                svc.log()
+                "upgrade {round}: {out:?}; log: {}; {}",
+                svc.log(),
+                threads_of(old)
             );
             new_pid(&out.stdout)
         } else {
