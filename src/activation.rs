@@ -145,6 +145,18 @@ impl InheritedSocket {
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref()
     }
+
+    /// The checked socket (non-blocking, close-on-exec) as a plain
+    /// descriptor, for a use outside a server — an inherited admin
+    /// endpoint's listener, say.
+    pub fn into_fd(self) -> OwnedFd {
+        match self.listener {
+            Listener::Tcp(l) => l.into(),
+            Listener::Udp(u) => u.into(),
+            Listener::Unix(u, _) => u.into(),
+            Listener::UnixDgram(u, _) => u.into(),
+        }
+    }
 }
 
 /// `fd` as a socket, if it is one (`fstat`); else the error `not_socket`.

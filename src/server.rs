@@ -17,7 +17,7 @@
 //! will be served. Both go through the same gate (`crate::accept`).
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -472,6 +472,7 @@ impl Builder {
                 .map_err(|e| Error::socket("cannot create the accept loop's waker", e))?,
         );
         let mut bound = Vec::new();
+        let mut listening = Vec::new();
         let mut guards = Vec::new();
         let mut streams = Vec::new();
         let mut dgrams = Vec::new();
@@ -481,32 +482,38 @@ impl Builder {
             match l {
                 Listener::Tcp(t) => {
                     t.set_nonblocking(true)?;
-                    streams.push(Arc::new(SharedListener {
+                    let l = Arc::new(SharedListener {
                         listener: StreamListener::Tcp(t),
                         name,
                         index: bound.len() - 1,
-                    }));
+                    });
+                    listening.push(Listening::Stream(Arc::clone(&l)));
+                    streams.push(l);
                 }
                 Listener::Unix(u, g) => {
                     u.set_nonblocking(true)?;
                     let local = Address::Unix(Some(g.path().to_path_buf()));
                     guards.push(g);
-                    streams.push(Arc::new(SharedListener {
+                    let l = Arc::new(SharedListener {
                         listener: StreamListener::Unix(u, local),
                         name,
                         index: bound.len() - 1,
-                    }));
+                    });
+                    listening.push(Listening::Stream(Arc::clone(&l)));
+                    streams.push(l);
                 }
                 Listener::Udp(u) => {
-                    let s = DgramSocket::Udp(u);
+                    let s = Arc::new(DgramSocket::Udp(u));
                     s.set_nonblocking(true)?;
-                    dgrams.push((Arc::new(s), bound.len() - 1));
+                    listening.push(Listening::Dgram(Arc::clone(&s)));
+                    dgrams.push((s, bound.len() - 1));
                 }
                 Listener::UnixDgram(u, g) => {
                     guards.push(g);
-                    let s = DgramSocket::Unix(u);
+                    let s = Arc::new(DgramSocket::Unix(u));
                     s.set_nonblocking(true)?;
-                    dgrams.push((Arc::new(s), bound.len() - 1));
+                    listening.push(Listening::Dgram(Arc::clone(&s)));
+                    dgrams.push((s, bound.len() - 1));
                 }
             }
         }
@@ -631,6 +638,7 @@ impl Builder {
             sources,
             guards,
             bound,
+            listening,
             names,
             ctx,
             engine,
@@ -658,6 +666,13 @@ fn loops_default() -> usize {
         Strategy::EventLoops { loops } => loops,
         _ => 1,
     }
+}
+
+/// A listening socket as the server keeps it until its drain, whichever
+/// engine serves it, so [`Server::listener_fds`] can lend it out.
+enum Listening {
+    Stream(Arc<SharedListener>),
+    Dgram(Arc<DgramSocket>),
 }
 
 /// A socket the serving thread itself accepts or receives from.
@@ -695,6 +710,9 @@ pub struct Server {
     /// Removes the Unix socket files at the end.
     guards: Vec<PathGuard>,
     bound: Vec<Endpoint>,
+    /// Every listening socket, in the order of `bound`, open until the
+    /// drain lets go of them.
+    listening: Vec<Listening>,
     /// Each listener's name (`LISTEN_FDNAMES`), for inherited ones.
     names: Vec<Option<String>>,
     ctx: Arc<Context>,
@@ -731,6 +749,33 @@ impl Server {
     /// name of an inherited socket, `None` for the others.
     pub fn listener_names(&self) -> &[Option<String>] {
         &self.names
+    }
+
+    /// Every listening socket with its endpoint and name, in the order of
+    /// [`local_endpoints`](Self::local_endpoints): what a process needs to
+    /// pass them on — to a successor it starts for a binary upgrade, in the
+    /// `LISTEN_FDS` / `LISTEN_FDNAMES` format (see
+    /// [`activation`](crate::activation)), after which
+    /// [`ShutdownHandle::hand_off`] lets this server drain without
+    /// touching them. The sockets stay open as long as the server exists
+    /// and has not drained; whoever passes one on duplicates it (the
+    /// descriptors are close-on-exec).
+    pub fn listener_fds(&self) -> Vec<(BorrowedFd<'_>, &Endpoint, Option<&str>)> {
+        self.listening
+            .iter()
+            .zip(&self.bound)
+            .zip(&self.names)
+            .map(|((l, ep), name)| {
+                let fd = match l {
+                    Listening::Stream(l) => l.listener.raw_fd(),
+                    Listening::Dgram(d) => d.as_raw_fd(),
+                };
+                // SAFETY: the socket is owned by an Arc this server holds
+                // until its drain, which needs `&mut self`: it outlives the
+                // borrow.
+                (unsafe { BorrowedFd::borrow_raw(fd) }, ep, name.as_deref())
+            })
+            .collect()
     }
 
     /// The first bound endpoint.
@@ -967,6 +1012,15 @@ impl Server {
             };
             let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         }
+        // The last holder of a listener closes it: the serving thread, a
+        // loop, or this.
+        self.listening.clear();
+        if self.shared.handed_off() {
+            // The successor serves on at these paths.
+            for g in &mut self.guards {
+                g.keep();
+            }
+        }
         let tracker = &self.shared.tracker;
         loop {
             let step = (Instant::now() + Duration::from_millis(50)).min(deadline);
@@ -1008,9 +1062,12 @@ impl Server {
         };
         let l = Arc::clone(l);
         // No new handshakes from here; what was queued or under way is
-        // served (bounded all the same).
-        l.listener.stop_handshakes();
-        let most = 2 * self.ctx.options.backlog.max(1) as usize;
+        // served (bounded all the same). Unless a successor shares the
+        // listener: then it takes the new handshakes.
+        if !self.shared.handed_off() {
+            l.listener.stop_handshakes();
+        }
+        let most = self.shared.last_accepts(self.ctx.options.backlog);
         for _ in 0..most {
             match acceptor.accept(&l, &self.ctx) {
                 Accepted::Conn(a) => self.engine.dispatch(Work::Conn(a), &self.ctx),

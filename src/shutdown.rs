@@ -266,6 +266,11 @@ pub(crate) struct Shared {
     deadline: std::sync::OnceLock<Instant>,
     /// Set once the drain deadline's watchdog is running.
     watchdog: AtomicBool,
+    /// The stop is a handoff: another process holds the listening sockets
+    /// too (a binary upgrade), so the drain must leave them as they are —
+    /// no filter dropping new SYNs (it would be the successor's too), no
+    /// Unix socket file removed.
+    handoff: AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -283,6 +288,7 @@ impl Shared {
             grace,
             deadline: std::sync::OnceLock::new(),
             watchdog: AtomicBool::new(false),
+            handoff: AtomicBool::new(false),
             stop: Stop::new()?,
             tracker: Arc::new(Tracker::default()),
             running: Mutex::new(None),
@@ -298,6 +304,29 @@ impl Shared {
             self.start_watchdog();
         }
         self.wake_all();
+    }
+
+    /// True if the stop hands the listening sockets to a successor
+    /// ([`ShutdownHandle::hand_off`]): read once per listener at the drain,
+    /// never on the accept path.
+    pub(crate) fn handed_off(&self) -> bool {
+        self.handoff.load(Ordering::Acquire)
+    }
+
+    /// How many connections a listener's last accepts at the drain may
+    /// take. A plain stop: its backlog twice over (what was queued, and
+    /// the handshakes under way when new SYNs began to be dropped). A
+    /// handoff: a turn's worth, only so that a wake-up this server took
+    /// from the successor (a loop of ours was waiting in epoll when the
+    /// connection came) is not left unanswered; with no filter the queue
+    /// refills at the rate clients connect, and the successor — woken for
+    /// every connection that came while we were not waiting — takes them.
+    pub(crate) fn last_accepts(&self, backlog: i32) -> usize {
+        if self.handed_off() {
+            64
+        } else {
+            2 * backlog.max(1) as usize
+        }
     }
 
     /// The drain deadline is kept here, once, by a thread of its own — not
@@ -416,6 +445,24 @@ impl ShutdownHandle {
         } else {
             self.shared.begin_stop();
         }
+    }
+
+    /// Stops accepting and drains, leaving the listening sockets to a
+    /// successor that holds them too (a binary upgrade, the successor
+    /// started with the sockets inherited): what is queued in their
+    /// backlogs stays for whoever accepts next, no filter is put on them
+    /// (it would drop the successor's new connections as well) and no Unix
+    /// socket file is removed. Connections in flight drain as with
+    /// [`request`](Self::request). Returns at once. Once a plain stop has
+    /// begun it is too late to hand off: the sockets may already be closed
+    /// or filtered, and this returns false.
+    pub fn hand_off(&self) -> bool {
+        if self.shared.stop.is_stopping() {
+            return false;
+        }
+        self.shared.handoff.store(true, Ordering::Release);
+        self.shared.begin_stop();
+        true
     }
 
     /// Skips draining: cuts every connection now.

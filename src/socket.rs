@@ -176,6 +176,12 @@ impl PathGuard {
         }
     }
 
+    /// Leaves the file in place at drop: the socket was handed to a
+    /// successor that serves on at this path.
+    pub(crate) fn keep(&mut self) {
+        self.remove = false;
+    }
+
     /// The socket's path, as given to `bind`.
     pub fn path(&self) -> &Path {
         &self.path

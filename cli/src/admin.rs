@@ -5,15 +5,21 @@
 use sockserv::admin::{Detail, Source};
 use sockserv::stats::{ServeState, Snapshot};
 use sockserv::ShutdownHandle;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// The servers of one `sockserv serve`, seen as one.
 pub struct Combined {
     servers: Vec<ShutdownHandle>,
+    /// Set from the stop signal on, while `--shutdown-delay` still serves:
+    /// not ready, so a balancer's health check takes the instance out
+    /// before anything is refused.
+    leaving: Arc<AtomicBool>,
 }
 
 impl Combined {
-    pub fn new(servers: Vec<ShutdownHandle>) -> Combined {
-        Combined { servers }
+    pub fn new(servers: Vec<ShutdownHandle>, leaving: Arc<AtomicBool>) -> Combined {
+        Combined { servers, leaving }
     }
 }
 
@@ -49,7 +55,9 @@ impl Source for Combined {
     }
 
     fn state(&self) -> ServeState {
-        if self.servers.iter().any(ShutdownHandle::is_requested) {
+        if self.leaving.load(Ordering::Acquire)
+            || self.servers.iter().any(ShutdownHandle::is_requested)
+        {
             ServeState::Draining
         } else {
             ServeState::Running

@@ -15,6 +15,7 @@ mod loadgen;
 mod logging;
 mod send;
 mod serve;
+mod upgrade;
 mod util;
 
 use std::process::ExitCode;
@@ -46,6 +47,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Check a config file (sockserv serve --config FILE) without serving.
     Check(check::CheckArgs),
+    /// Upgrade a running `sockserv serve` to the binary now on disk, without
+    /// refusing a connection, and report the outcome.
+    Upgrade(upgrade::UpgradeArgs),
 }
 
 /// Folds clap's multi-line error into one line: the message and the
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
         Command::Send(args) => send::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Check(args) => check::run(args),
+        Command::Upgrade(args) => upgrade::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -193,6 +193,8 @@ pub fn render_connections_json(snap: &Snapshot, limit: usize, closed: usize) -> 
 #[derive(Debug)]
 pub struct AdminHandle {
     addr: SocketAddr,
+    /// A duplicate of the listening socket, for [`AdminHandle::listener_fd`].
+    lent: std::os::fd::OwnedFd,
     stop: Option<watch::Sender<bool>>,
     thread: Option<JoinHandle<()>>,
     /// Disconnected (or sent to) when the thread is about to end.
@@ -205,6 +207,13 @@ impl AdminHandle {
     /// The address it listens on (port 0 resolved).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The listening socket, to pass to a process that takes over (see
+    /// [`start_on`]); it stays open as long as this handle.
+    pub fn listener_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.lent.as_fd()
     }
 
     /// `http://HOST:PORT` (no trailing slash), the form of the CLI's
@@ -248,9 +257,6 @@ impl Drop for AdminHandle {
 /// Fails with a one-line error if the address does not parse or resolve,
 /// is not loopback while [`AdminConfig::public`] is off, or cannot be bound.
 pub fn start(config: AdminConfig, source: Arc<dyn Source>) -> Result<AdminHandle, Error> {
-    if config.max_connections == 0 {
-        return Err(Error::config("admin max_connections must be at least 1"));
-    }
     let addrs: Vec<SocketAddr> = config
         .addr
         .to_socket_addrs()
@@ -270,10 +276,7 @@ pub fn start(config: AdminConfig, source: Arc<dyn Source>) -> Result<AdminHandle
     }
     if !config.public {
         if let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
-            return Err(Error::config(format!(
-                "admin address {} is not loopback; the admin endpoint listens on other interfaces only when made public",
-                a
-            )));
+            return Err(not_loopback(a));
         }
     }
     let mut last_err = None;
@@ -296,9 +299,38 @@ pub fn start(config: AdminConfig, source: Arc<dyn Source>) -> Result<AdminHandle
             ))
         }
     };
+    start_on(config, listener, source)
+}
+
+fn not_loopback(a: &SocketAddr) -> Error {
+    Error::config(format!(
+        "admin address {a} is not loopback; the admin endpoint listens on other interfaces only when made public"
+    ))
+}
+
+/// Serves the admin endpoint on a listening socket opened elsewhere: one a
+/// process inherited from the one it replaces (a binary upgrade), so the
+/// endpoint keeps its address — a load balancer's health check on a fixed
+/// port goes on being answered across the upgrade. `config.addr` is only
+/// for messages; the loopback rule applies to the socket's own address.
+pub fn start_on(
+    config: AdminConfig,
+    listener: StdListener,
+    source: Arc<dyn Source>,
+) -> Result<AdminHandle, Error> {
+    if config.max_connections == 0 {
+        return Err(Error::config("admin max_connections must be at least 1"));
+    }
     let addr = listener
         .local_addr()
         .map_err(|e| Error::socket("cannot read the admin address", e))?;
+    if !config.public && !addr.ip().is_loopback() {
+        return Err(not_loopback(&addr));
+    }
+    // Kept for `listener_fd`, whatever becomes of the accept loop's copy.
+    let lent = listener
+        .try_clone()
+        .map_err(|e| Error::socket("cannot duplicate the admin listener", e))?;
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::socket("cannot set the admin listener non-blocking", e))?;
@@ -333,6 +365,7 @@ pub fn start(config: AdminConfig, source: Arc<dyn Source>) -> Result<AdminHandle
         .map_err(|e| Error::socket("cannot start the admin thread", e))?;
     Ok(AdminHandle {
         addr,
+        lent: lent.into(),
         stop: Some(tx),
         thread: Some(thread),
         done,
@@ -436,10 +469,14 @@ async fn connection(
         .max_buf_size(16 * 1024);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
+    // A connection accepted moments before the stop gets until 100 ms
+    // after its accept before the graceful close: its first request may be
+    // on its way (a health check meeting the handoff of an upgrade, when
+    // the successor answers on the same socket), and closing an idle
+    // connection is at once.
+    let young_until = started + Duration::from_millis(100);
     let mut stopping = *stop.borrow();
-    if stopping {
-        conn.as_mut().graceful_shutdown();
-    }
+    let mut close_at = stopping.then_some(young_until);
     loop {
         let idle_until =
             started + Duration::from_millis(last.load(Ordering::Relaxed)) + config.idle_timeout;
@@ -455,6 +492,14 @@ async fn connection(
             }
             _ = stop.changed(), if !stopping => {
                 stopping = true;
+                if Instant::now() < young_until {
+                    close_at = Some(young_until);
+                } else {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            _ = tokio::time::sleep_until(close_at.unwrap_or(started).into()), if close_at.is_some() => {
+                close_at = None;
                 conn.as_mut().graceful_shutdown();
             }
         }

@@ -765,10 +765,14 @@ impl Loop {
     /// listener has stopped starting handshakes: the backlog, and the
     /// handshakes that were under way (bounded all the same).
     fn sweep(&mut self, k: usize) {
+        // A listener handed to a successor is shared with it: a filter
+        // would drop the successor's new connections too.
         if let Some((l, _)) = self.listeners[k].as_ref() {
-            l.listener.stop_handshakes();
+            if !self.ctx.shared.handed_off() {
+                l.listener.stop_handshakes();
+            }
         }
-        let most = 2 * self.ctx.options.backlog.max(1) as usize;
+        let most = self.ctx.shared.last_accepts(self.ctx.options.backlog);
         self.accept_up_to(k, most);
     }
 }

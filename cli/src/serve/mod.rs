@@ -9,6 +9,9 @@ pub(crate) mod config;
 mod life;
 pub(crate) mod plan;
 mod settings;
+pub(crate) mod upgrade;
+
+use std::time::Duration;
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +23,9 @@ use sockserv::{Endpoint, Rules, Strategy};
 use crate::error::CliError;
 pub(crate) use settings::parse_framing;
 use settings::{parse_endpoint, Settings};
+
+/// How long a drain may take unless --drain-timeout says otherwise.
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
@@ -69,17 +75,25 @@ At start it prints one line per listener on stdout, `listening ENDPOINT`, with
 the real bound address, then `admin http://HOST:PORT` with --admin. SIGINT or
 SIGTERM stops it gracefully (every request already read gets its reply, the
 listen backlog is served; exit code 0); a second signal stops at once. With
---rules, SIGHUP re-reads the rules file (open connections are kept; a file
+--shutdown-delay D it first fails readiness (/readyz 503, STATUS=) and serves
+on for D, then drains. SIGUSR2 (or `sockserv upgrade --pid PID`, which waits
+for the outcome) upgrades without refusing a connection: it starts the binary
+now at the path this one was started from, same arguments, the listening
+sockets inherited (LISTEN_FDS); once the new process reports ready, this one
+stops accepting, drains and exits 0. If it fails, exits or is not ready within
+--upgrade-timeout, it is stopped and this one serves on. One upgrade at a
+time. With --rules, SIGHUP re-reads the rules file (open connections are kept; a file
 that does not parse keeps the rules in force and logs the line at fault);
 without it SIGHUP is ignored. SIGHUP never kills the server.
 
 Under systemd: with no ADDR it serves the sockets of its .socket unit
 (LISTEN_FDS); with NOTIFY_SOCKET set (Type=notify) it sends READY=1 and a
-STATUS= line once serving, WATCHDOG=1 at half of WATCHDOG_USEC, and
-STOPPING=1 when the drain starts. With --config, each passed socket goes to
-the [[listener]] whose name is its LISTEN_FDNAMES name (FileDescriptorName=);
+STATUS= line once serving, WATCHDOG=1 at half of WATCHDOG_USEC,
+STOPPING=1 when the drain starts, and MAINPID= of the new process after an
+upgrade (NotifyAccess=all). With --config, each passed socket goes to the
+[[listener]] whose name is its LISTEN_FDNAMES name (FileDescriptorName=);
 a passed socket no table names is an error, and a table no socket is passed
-for binds its address.")]
+for binds its address. Recipes: docs/DEPLOY.md.")]
 pub struct ServeArgs {
     /// Addresses to listen on: tcp://HOST:PORT, udp://HOST:PORT,
     /// unix:///PATH, unix-dgram:///PATH, or HOST:PORT for TCP. Without
@@ -98,6 +112,20 @@ pub struct ServeArgs {
     /// wait=no, systemd Accept=yes with StandardInput=socket), then exit.
     #[arg(long, conflicts_with_all = ["addrs", "admin"])]
     inetd: bool,
+
+    /// At SIGTERM/SIGINT, first fail readiness (/readyz 503, STATUS=) and
+    /// go on accepting and serving for this long, so a load balancer's
+    /// health check takes the instance out before anything is refused;
+    /// then drain. A second signal during the delay stops at once.
+    /// Allowed with --config (it concerns the process, not a listener).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = crate::util::parse_duration)]
+    shutdown_delay: Duration,
+
+    /// At an upgrade (SIGUSR2), how long the new process may take to
+    /// report ready before it is stopped and this one serves on. Allowed
+    /// with --config.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::util::parse_positive_duration)]
+    upgrade_timeout: Duration,
 
     #[command(flatten)]
     settings: Settings,
@@ -241,8 +269,10 @@ fn reload_rules(source: &plan::RulesSource, handles: &[sockserv::RulesHandle]) {
 fn with_config(matches: Option<&clap::ArgMatches>) -> Result<(), CliError> {
     let Some(m) = matches else { return Ok(()) };
     let given = m.ids().map(|id| id.as_str()).find(|id| {
-        !matches!(*id, "config" | "verbose")
-            && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+        !matches!(
+            *id,
+            "config" | "verbose" | "shutdown_delay" | "upgrade_timeout"
+        ) && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
     });
     match given {
         Some(id) => Err(CliError::usage(format!(
@@ -258,13 +288,27 @@ fn with_config(matches: Option<&clap::ArgMatches>) -> Result<(), CliError> {
 pub fn run(args: ServeArgs, matches: Option<&clap::ArgMatches>) -> Result<(), CliError> {
     // Kept to the end of `run`: the queued log lines are written out then.
     let _log = crate::logging::init(args.verbose);
+    // Before the plan takes the LISTEN_* sockets the handoff comes with.
+    let handoff = upgrade::take_handoff()?;
+    let mut options = life::Options {
+        shutdown_delay: args.shutdown_delay,
+        upgrade: upgrade::Settings {
+            program: upgrade::Program::of_this_process(),
+            timeout: args.upgrade_timeout,
+            drain_timeout: args.settings.drain_timeout.unwrap_or(DRAIN_TIMEOUT),
+        },
+        handoff,
+    };
     if let Some(path) = &args.config {
         with_config(matches)?;
         // Read and checked before anything is installed or bound.
         let config = config::load(path)?;
+        if let Some(d) = config.global.drain_timeout {
+            options.upgrade.drain_timeout = d;
+        }
         let signals = life::install_signals(config.reloads())?;
         let plan = plan::from_config(config)?;
-        return life::run(signals, plan);
+        return life::run(signals, plan, options);
     }
     let signals = life::install_signals(args.settings.rules.is_some())?;
     let plan = if args.inetd {
@@ -272,5 +316,5 @@ pub fn run(args: ServeArgs, matches: Option<&clap::ArgMatches>) -> Result<(), Cl
     } else {
         plan::from_args(args.addrs, args.settings)?
     };
-    life::run(signals, plan)
+    life::run(signals, plan, options)
 }

@@ -16,6 +16,8 @@ use sockserv::{
     Strategy, Timeouts,
 };
 
+use sockserv::activation::InheritedSocket;
+
 use super::config::Config;
 use super::settings::Settings;
 use super::{load_rules, strategy, warn_ignored, with_max_frame};
@@ -131,10 +133,7 @@ pub(crate) fn resolve(s: &Settings, endpoints: &[Endpoint]) -> Result<Resolved, 
     ));
     timeouts.idle = s.idle_timeout;
     timeouts.read = s.read_timeout;
-    let drain = DrainPolicy::new().grace(
-        s.drain_timeout
-            .unwrap_or(std::time::Duration::from_secs(10)),
-    );
+    let drain = DrainPolicy::new().grace(s.drain_timeout.unwrap_or(super::DRAIN_TIMEOUT));
     let strategy = strategy(s)?;
     let serving = match &s.exec {
         None => Serving::Builtin(s.handler.unwrap_or(Builtin::Upper)),
@@ -266,7 +265,15 @@ pub(crate) fn from_args(addrs: Vec<Endpoint>, settings: Settings) -> Result<Plan
     // What to serve: the addresses given; without any, the sockets a
     // service manager passed (LISTEN_FDS for this process); else the
     // seed's address.
-    let mut sources: Vec<Option<Listen>> = if !addrs.is_empty() {
+    // Started by an upgrade: the old process's sockets, one per ADDR.
+    let handed = super::upgrade::inherited_for(&addrs)?;
+    let mut sources: Vec<Option<Listen>> = if let Some(inherited) = handed {
+        inherited
+            .into_iter()
+            .map(Listen::Socket)
+            .map(Some)
+            .collect()
+    } else if !addrs.is_empty() {
         addrs.into_iter().map(Listen::Addr).map(Some).collect()
     } else if sockserv::activation::listen_fds().is_some() {
         let inherited = sockserv::activation::take_listeners().map_err(CliError::runtime)?;
@@ -347,37 +354,28 @@ pub(crate) fn check(config: &Config) -> Result<usize, CliError> {
 /// name (a socket no listener names is an error: its clients would wait
 /// for ever); a listener no socket is passed for binds its address.
 pub(crate) fn from_config(config: Config) -> Result<Plan, CliError> {
-    let mut passed = if sockserv::activation::listen_fds().is_some() {
+    let passed = if sockserv::activation::listen_fds().is_some() {
         sockserv::activation::take_listeners().map_err(CliError::runtime)?
     } else {
         Vec::new()
     };
-    for s in &passed {
-        let named = s.name().is_some_and(|n| {
-            config
-                .listeners
-                .iter()
-                .any(|l| l.name.as_deref() == Some(n))
-        });
-        if !named {
-            return Err(CliError::usage(format!(
-                "{}: the service manager passes fd {} ({}) named {}, but no [[listener]] has that name",
-                config.path.display(),
-                s.fd(),
-                s.endpoint(),
-                s.name().map_or("nothing (no LISTEN_FDNAMES)".to_string(), |n| format!("\"{n}\""))
-            )));
-        }
-    }
     let activated = !passed.is_empty();
+    // The passed socket each listener serves, if any.
+    let assigned: Vec<Option<InheritedSocket>> = if super::upgrade::is_successor() {
+        // Started by an upgrade: the old process passes one socket a
+        // listener, in file order (unnamed listeners too).
+        let addresses = config.listeners.iter().map(|l| l.address.as_ref());
+        super::upgrade::in_order(passed, addresses)?
+            .into_iter()
+            .map(Some)
+            .collect()
+    } else {
+        by_name(&config, passed)?
+    };
     let mut servers = Vec::new();
     let mut listeners = Vec::new();
     let mut summary = Vec::new();
-    for l in &config.listeners {
-        let socket = passed
-            .iter()
-            .position(|s| s.name().is_some() && s.name() == l.name.as_deref())
-            .map(|i| passed.swap_remove(i));
+    for (l, socket) in config.listeners.iter().zip(assigned) {
         let source = match (socket, &l.address) {
             (Some(s), _) => Listen::Socket(s),
             (None, Some(ep)) => {
@@ -467,4 +465,40 @@ fn detach_stdout(conn: &OwnedFd) {
         },
         Err(e) => tracing::warn!("--inetd: cannot detach stdout from the connection: {e}"),
     }
+}
+
+/// Socket activation's sockets, each given to the listener of its name
+/// (LISTEN_FDNAMES); a socket no listener names is an error (its clients
+/// would wait for ever).
+fn by_name(
+    config: &Config,
+    mut passed: Vec<InheritedSocket>,
+) -> Result<Vec<Option<InheritedSocket>>, CliError> {
+    for s in &passed {
+        let named = s.name().is_some_and(|n| {
+            config
+                .listeners
+                .iter()
+                .any(|l| l.name.as_deref() == Some(n))
+        });
+        if !named {
+            return Err(CliError::usage(format!(
+                "{}: the service manager passes fd {} ({}) named {}, but no [[listener]] has that name",
+                config.path.display(),
+                s.fd(),
+                s.endpoint(),
+                s.name().map_or("nothing (no LISTEN_FDNAMES)".to_string(), |n| format!("\"{n}\""))
+            )));
+        }
+    }
+    Ok(config
+        .listeners
+        .iter()
+        .map(|l| {
+            passed
+                .iter()
+                .position(|s| s.name().is_some() && s.name() == l.name.as_deref())
+                .map(|i| passed.swap_remove(i))
+        })
+        .collect())
 }

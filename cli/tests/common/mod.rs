@@ -8,6 +8,8 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -361,6 +363,17 @@ impl ChildGuard {
         }
     }
 
+    /// The admin endpoint's URL (`http://HOST:PORT`) from the `admin`
+    /// line printed after the `listening` lines (panics after a deadline).
+    pub fn admin_url(&self) -> String {
+        let out = self.read_stdout_until(DEADLINE, |s| s.contains("admin http://"));
+        out.lines()
+            .find_map(|l| l.strip_prefix("admin "))
+            .unwrap_or_else(|| panic!("no admin line in {out:?}"))
+            .trim()
+            .to_string()
+    }
+
     /// Everything the child wrote on stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
@@ -393,8 +406,15 @@ impl ChildGuard {
     /// Sends `sig` and waits (bounded) for the exit; returns the status and
     /// the complete stderr. Panics (after SIGKILL) if it does not exit.
     pub fn terminate_with(&mut self, sig: libc::c_int, limit: Duration) -> (ExitStatus, String) {
+        signal(self.child.as_ref().expect("child still running"), sig);
+        self.wait_exit(limit)
+    }
+
+    /// Waits (bounded) for the exit, with no signal sent; returns the
+    /// status and the complete stderr. Panics (after SIGKILL) if it does
+    /// not exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> (ExitStatus, String) {
         let mut child = self.child.take().expect("child still running");
-        signal(&child, sig);
         let status = wait_deadline(&mut child, limit);
         let status = match status {
             Some(s) => s,
@@ -402,7 +422,7 @@ impl ChildGuard {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "the child did not exit within {limit:?} of signal {sig}; stderr: {}",
+                    "the child did not exit within {limit:?}; stderr: {}",
                     self.stderr()
                 );
             }
