@@ -543,3 +543,44 @@ fn a_fixed_admin_port_answers_ready_throughout_an_upgrade() {
     );
     assert!(bad.is_empty(), "{:?}; log: {}", *bad, svc.log());
 }
+
+/// A server of a config file is upgraded too: the successor (same
+/// arguments: `--config FILE`) takes the sockets one per [[listener]] in
+/// file order, named or not, and each listener keeps its own handler.
+#[test]
+fn a_config_files_listeners_keep_their_handlers_across_an_upgrade() {
+    adopt_orphans();
+    let dep = Deployed::new("upg-config");
+    let config = dep.dir.join("sockserv.toml");
+    std::fs::write(
+        &config,
+        "framing = \"line\"\n\n\
+         [[listener]]\nname = \"shout\"\naddress = \"tcp://127.0.0.1:0\"\nhandler = \"upper\"\n\n\
+         [[listener]]\naddress = \"tcp://127.0.0.1:0\"\nhandler = \"echo\"\n",
+    )
+    .unwrap();
+    let mut svc = Service::start(&dep, &["--config", config.to_str().unwrap()]);
+    let second = svc
+        ._stdout
+        .recv_timeout(DEADLINE)
+        .expect("a second `listening` line");
+    let echo_port: u16 = second.rsplit(':').next().unwrap().parse().unwrap();
+    let echo = SocketAddr::from(([127, 0, 0, 1], echo_port));
+    let ask = |addr: SocketAddr| {
+        let mut s = TcpStream::connect_timeout(&addr, DEADLINE).expect("connect");
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        s.write_all(b"still here\n").unwrap();
+        let mut line = String::new();
+        let _ = BufReader::new(s).read_line(&mut line);
+        line
+    };
+    assert_eq!(ask(echo), "still here\n");
+    svc.upgrade_ok();
+    assert!(svc.served(), "the first listener answers upper-cased");
+    assert_eq!(ask(echo), "still here\n", "the second listener echoes");
+    assert!(
+        svc.log().contains(" is serving; this process"),
+        "{}",
+        svc.log()
+    );
+}
