@@ -230,3 +230,62 @@ fn sd_notify_ready_status_watchdog_stopping() {
     }
     assert!(stopping, "no STOPPING=1 after SIGTERM");
 }
+
+/// An upgrade tells the service manager who the main process is now
+/// (`MAINPID=`), after the successor's own `READY=1` reached it.
+#[test]
+fn sd_notify_mainpid_after_an_upgrade() {
+    let dir = TempDir::new("activation-mainpid");
+    let path = dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut cmd = Command::new(cli_bin());
+    cmd.args(["serve", "--handler", "echo", "tcp://127.0.0.1:0"])
+        .env("NOTIFY_SOCKET", &path)
+        .env_remove("WATCHDOG_USEC");
+    let mut child = ChildGuard::spawn(&mut cmd);
+    child.wait_listening(1, DEADLINE);
+    let old = child.id();
+    let out = common::run_cli(&["upgrade", "--pid", &old.to_string()], DEADLINE * 2);
+    let new: u32 = out
+        .stdout
+        .split("to pid ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no new pid in {out:?}"));
+    // The successor outlives the test's child: stopped by its pid.
+    struct Stop(u32);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            common::signal_pid(self.0, libc::SIGTERM);
+        }
+    }
+    let _stop = Stop(new);
+    let mut buf = [0u8; 4096];
+    let mut seen = Vec::new();
+    let end = Instant::now() + DEADLINE;
+    let want = format!("MAINPID={new}");
+    while Instant::now() < end && !seen.iter().any(|m: &String| m.contains(&want)) {
+        if let Ok(n) = notify.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    let at = seen.iter().position(|m| m.lines().any(|l| l == want));
+    let at = at.unwrap_or_else(|| panic!("no {want} in {seen:?}"));
+    assert!(
+        seen[..at].iter().filter(|m| m.contains("READY=1")).count() >= 2,
+        "the old process's and the successor's READY=1 before {want}: {seen:?}"
+    );
+    // The successor shares the old process's stderr: stopped first, so
+    // that the wait for the old one's output ends.
+    drop(_stop);
+    let (status, stderr) = child.wait_exit(DEADLINE);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the old process drains and exits 0: {stderr}"
+    );
+}

@@ -129,6 +129,7 @@ pub(crate) fn run(signals: Signals, plan: Plan, options: Options) -> Result<(), 
     }
     let signal_stopping = std::sync::Arc::clone(&stopping);
     let delay = options.shutdown_delay;
+    let upgrading = Arc::clone(&upgrader);
     std::thread::spawn(move || {
         for origin in signals.forever() {
             let sig = origin.signal;
@@ -145,7 +146,7 @@ pub(crate) fn run(signals: Signals, plan: Plan, options: Options) -> Result<(), 
                     Cause::Sent(Sent::Queue) => origin.process.map(|p| p.pid),
                     _ => None,
                 };
-                upgrader.start(requester);
+                upgrading.start(requester);
                 continue;
             }
             let first = !leaving.swap(true, Ordering::AcqRel);
@@ -242,6 +243,9 @@ pub(crate) fn run(signals: Signals, plan: Plan, options: Options) -> Result<(), 
             }
         }
     }
+    // A handoff's last words (its log line, the answer to `sockserv
+    // upgrade`) before the process ends.
+    upgrader.finish();
     // The admin endpoint answers (503 on /readyz) until the drain is over.
     drop(admin.lock().unwrap_or_else(|p| p.into_inner()).take());
     match failure {

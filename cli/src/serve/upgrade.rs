@@ -155,6 +155,10 @@ pub(crate) struct Upgrader {
     /// stops at the handoff.
     admin: Arc<Mutex<Option<AdminHandle>>>,
     busy: AtomicBool,
+    /// The thread that waits for a successor and hands off. The process
+    /// must not end under it: a drain with nothing to drain ends at once,
+    /// and the handoff's log line and answer would be lost.
+    waiter: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Upgrader {
@@ -172,11 +176,23 @@ impl Upgrader {
             leaving,
             admin,
             busy: AtomicBool::new(false),
+            waiter: Mutex::new(None),
         }
     }
 
     fn stopping(&self) -> bool {
         self.leaving.load(Ordering::Acquire) || self.servers.iter().any(|h| h.is_requested())
+    }
+
+    /// Waits for an upgrade under way to end (it notices a stop within
+    /// 100 ms, then stops its successor): called before the process exits,
+    /// so neither a handoff's answer nor a successor to stop is left
+    /// behind.
+    pub(crate) fn finish(&self) {
+        let waiter = self.waiter.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = waiter {
+            let _ = w.join();
+        }
     }
 
     /// At SIGUSR2, from the signal thread: starts the successor and a
@@ -216,7 +232,13 @@ impl Upgrader {
         let spawned = std::thread::Builder::new()
             .name("sockserv-upgrade".into())
             .spawn(move || me.wait_ready(pid, ready, requester));
-        if spawned.is_err() {
+        if let Ok(waiter) = spawned {
+            let mut slot = self.waiter.lock().unwrap_or_else(|p| p.into_inner());
+            // A previous upgrade's waiter has ended (`busy` was clear).
+            if let Some(done) = slot.replace(waiter) {
+                let _ = done.join();
+            }
+        } else {
             tracing::error!("upgrade failed: no thread to wait for pid {pid}; still serving");
             stop_successor(pid, self.settings.drain_timeout);
             self.busy.store(false, Ordering::Release);
