@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use crate::error::CliError;
-use crate::serve::upgrade::{FAILED_BUSY, FAILED_STOPPING, REPLY_DONE, REPLY_FAILED};
+use crate::serve::upgrade::{
+    FAILED_BUSY, FAILED_NO_LISTENER, FAILED_STOPPING, REPLY_DONE, REPLY_FAILED,
+};
 use crate::util::parse_positive_duration;
 
 #[derive(Debug, Args)]
@@ -41,8 +43,39 @@ pub struct UpgradeArgs {
 /// for whoever traces signals.
 const REQUEST: usize = 0x5550_4752; // "UPGR"
 
+/// SIGUSR2 kills a process that does not catch it: a mistyped pid must
+/// not take down another program. The target's command line must be a
+/// `sockserv ... serve ...` (as /proc shows it).
+fn is_sockserv_serve(pid: i32) -> Result<(), CliError> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|e| {
+        let why = if e.kind() == std::io::ErrorKind::NotFound {
+            "no such process".to_string()
+        } else {
+            crate::error::describe(&e)
+        };
+        CliError::runtime(format!("cannot signal pid {pid}: {why}"))
+    })?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let program = args.first().and_then(|a| a.rsplit(|b| *b == b'/').next());
+    let named = program.is_some_and(|p| p.windows(8).any(|w| w == b"sockserv"));
+    if named && args.iter().skip(1).any(|a| *a == b"serve") {
+        return Ok(());
+    }
+    let shown: Vec<String> = args
+        .iter()
+        .filter(|a| !a.is_empty())
+        .take(4)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    Err(CliError::runtime(format!(
+        "pid {pid} is not a sockserv serve (it runs {:?}): not signalled",
+        shown.join(" ")
+    )))
+}
+
 pub fn run(args: UpgradeArgs) -> Result<(), CliError> {
     let pid = args.pid;
+    is_sockserv_serve(pid)?;
     // SAFETY: plain signal-set calls on a valid, zeroed sigset; this
     // process is single-threaded here, so the mask covers it whole.
     let set = unsafe {
@@ -99,6 +132,9 @@ pub fn run(args: UpgradeArgs) -> Result<(), CliError> {
             ))),
             (_, FAILED_STOPPING) => Err(CliError::runtime(format!(
                 "pid {pid} is shutting down: no upgrade"
+            ))),
+            (_, FAILED_NO_LISTENER) => Err(CliError::runtime(format!(
+                "pid {pid} serves one connection (--inetd): it has no listener to hand over"
             ))),
             // FAILED_SUCCESSOR, or a code of a newer server.
             _ => Err(CliError::runtime(format!(

@@ -477,3 +477,28 @@ fn serve_help_mentions_config_and_inetd() {
         out.stdout
     );
 }
+
+/// A relative `rules` path at the top of the file is found from the
+/// file's directory, as in a table: `check` run from elsewhere (a service
+/// manager's working directory is `/`) reads the same file.
+#[test]
+fn a_global_rules_path_is_relative_to_the_config_file() {
+    let dir = common::TempDir::new("config-global-rules");
+    std::fs::write(dir.join("site.rules"), "127.0.0.0/8 allow\n").unwrap();
+    let config = dir.join("sockserv.toml");
+    std::fs::write(
+        &config,
+        "rules = \"site.rules\"\n\n[[listener]]\naddress = \"tcp://127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let out = common::run_with_input(
+        std::process::Command::new(common::cli_bin())
+            .args(["check", "--config"])
+            .arg(&config)
+            .current_dir("/"),
+        None,
+        common::DEADLINE,
+    );
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("ok (1 listener"), "{out:?}");
+}

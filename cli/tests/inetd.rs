@@ -169,3 +169,25 @@ fn inetd_is_not_combined_with_addresses_or_admin() {
     assert_eq!(out.code(), Some(2), "{}", out.stderr);
     assert!(out.stderr.contains("--admin"), "{}", out.stderr);
 }
+
+/// An upgrade has nothing to hand over under --inetd: refused with its
+/// reason, and the connection is served on.
+#[test]
+fn an_upgrade_under_inetd_is_refused_and_the_connection_served_on() {
+    let (mut ours, theirs) = UnixStream::pair().unwrap();
+    let child = serve_on(theirs.into(), &["--handler", "upper", "--framing", "line"]);
+    ours.set_read_timeout(Some(DEADLINE)).unwrap();
+    ours.write_all(b"abc\n").unwrap();
+    let mut buf = [0u8; 4];
+    ours.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ABC\n");
+    let out = common::run_cli(&["upgrade", "--pid", &child.id().to_string()], DEADLINE);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("no listener to hand over"), "{out:?}");
+    ours.write_all(b"def\n").unwrap();
+    ours.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"DEF\n", "served on after the refused upgrade");
+    ours.shutdown(Shutdown::Write).unwrap();
+    let (code, err) = finish(child);
+    assert_eq!(code, Some(0), "{err}");
+}

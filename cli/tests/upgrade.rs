@@ -584,3 +584,28 @@ fn a_config_files_listeners_keep_their_handlers_across_an_upgrade() {
         svc.log()
     );
 }
+
+/// `sockserv upgrade` signals only a `sockserv serve`: SIGUSR2 would kill
+/// another program, so a wrong pid is refused and nothing is sent.
+#[test]
+fn the_upgrade_command_signals_no_other_program() {
+    let mut other = Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("start sleep");
+    let out = common::run_cli(&["upgrade", "--pid", &other.id().to_string()], DEADLINE);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("is not a sockserv serve") && out.stderr.lines().count() == 1,
+        "{out:?}"
+    );
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "the other program was not signalled"
+    );
+    let _ = other.kill();
+    let _ = other.wait();
+    let gone = common::run_cli(&["upgrade", "--pid", "999999999"], DEADLINE);
+    assert_eq!(gone.code(), Some(1), "{gone:?}");
+    assert!(gone.stderr.contains("no such process"), "{gone:?}");
+}

@@ -260,6 +260,12 @@ fn parse(path: &Path, text: &str) -> Result<Config, CliError> {
         )));
     }
     let dir = path.parent().unwrap_or(Path::new("."));
+    // A rules file is found from the config file's directory, at the top
+    // of the file as in a table: a service manager's working directory is
+    // not the one `sockserv check` ran in.
+    if let Some(rules) = global.rules.take() {
+        global.rules = Some(dir.join(rules));
+    }
     let mut listeners: Vec<Listener> = Vec::new();
     for (i, mut table) in tables.into_iter().enumerate() {
         let line = src.header_line(i);

@@ -48,7 +48,8 @@ defaults at the top, then a [[listener]] table each with name, address and
 any of the keys (the options' names with _ for -: max_conns, exec = [\"prog\",
 \"arg\"], ...); a table's key overrides the global one; admin and
 admin_public are global only. Each table is a server of its own. --config
-is not combined with ADDRs or the options above (only -v). Example and key
+is not combined with ADDRs or the options above (only -v, --shutdown-delay
+and --upgrade-timeout, which concern the process). Example and key
 reference: docs/OPERATING.md, contrib/sockserv.toml.
 
 With --inetd the connection on fd 0 is served through the same pipeline
@@ -104,7 +105,8 @@ pub struct ServeArgs {
 
     /// Serve the listeners of a TOML config file (see docs/OPERATING.md,
     /// "Config file"): global defaults, then one [[listener]] table each.
-    /// Not combined with ADDRs or the per-listener options (only -v).
+    /// Not combined with ADDRs or the per-listener options (only -v,
+    /// --shutdown-delay, --upgrade-timeout).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["addrs", "inetd"])]
     config: Option<PathBuf>,
 
@@ -303,9 +305,13 @@ pub fn run(args: ServeArgs, matches: Option<&clap::ArgMatches>) -> Result<(), Cl
         with_config(matches)?;
         // Read and checked before anything is installed or bound.
         let config = config::load(path)?;
-        if let Some(d) = config.global.drain_timeout {
-            options.upgrade.drain_timeout = d;
-        }
+        // A failed successor is given the longest drain of its listeners.
+        options.upgrade.drain_timeout = config
+            .listeners
+            .iter()
+            .map(|l| l.settings.drain_timeout.unwrap_or(DRAIN_TIMEOUT))
+            .max()
+            .unwrap_or(DRAIN_TIMEOUT);
         let signals = life::install_signals(config.reloads())?;
         let plan = plan::from_config(config)?;
         return life::run(signals, plan, options);

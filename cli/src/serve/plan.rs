@@ -421,12 +421,7 @@ pub(crate) fn inetd(settings: Settings) -> Result<Plan, CliError> {
     let mut resolved = resolve(&settings, &[])?;
     // One connection: served on the serving thread, whatever --mode says.
     resolved.strategy = Strategy::Sequential;
-    // SAFETY: F_GETFD only reads the descriptor's flags.
-    if unsafe { libc::fcntl(0, libc::F_GETFD) } < 0 {
-        return Err(CliError::usage(
-            "--inetd: fd 0 is not open (inetd passes the connection as stdin)",
-        ));
-    }
+    stdin_open()?;
     // SAFETY: fd 0 is open (checked) and, in inetd mode, is the
     // connection: nothing else in this process reads stdin.
     let conn = unsafe { OwnedFd::from_raw_fd(0) };
@@ -438,6 +433,17 @@ pub(crate) fn inetd(settings: Settings) -> Result<Plan, CliError> {
         admin: None,
         summary: format!("inetd {}", resolved.summary()),
     })
+}
+
+/// Checks that fd 0 is open.
+fn stdin_open() -> Result<(), CliError> {
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    if unsafe { libc::fcntl(0, libc::F_GETFD) } < 0 {
+        return Err(CliError::usage(
+            "--inetd: fd 0 is not open (inetd passes the connection as stdin)",
+        ));
+    }
+    Ok(())
 }
 
 /// Under inetd stdout is the connection too: point it at /dev/null, so

@@ -63,6 +63,8 @@ pub(crate) const FAILED_SUCCESSOR: usize = 1;
 pub(crate) const FAILED_BUSY: usize = 2;
 /// The process is stopping: nothing to hand over.
 pub(crate) const FAILED_STOPPING: usize = 3;
+/// No listener to hand over (`--inetd`).
+pub(crate) const FAILED_NO_LISTENER: usize = 4;
 
 /// Variables of this process that must not reach the successor as they
 /// are: the handoff sets its own, and a watchdog pid would name this one.
@@ -204,6 +206,12 @@ impl Upgrader {
             reply(requester, REPLY_FAILED, FAILED_STOPPING);
             return;
         }
+        if self.listeners.is_empty() {
+            // --inetd: one connection, no listener a successor could take.
+            tracing::warn!("upgrade request ignored: no listener to hand over (--inetd)");
+            reply(requester, REPLY_FAILED, FAILED_NO_LISTENER);
+            return;
+        }
         if self.busy.swap(true, Ordering::AcqRel) {
             tracing::warn!("upgrade request ignored: an upgrade is already in progress");
             reply(requester, REPLY_FAILED, FAILED_BUSY);
@@ -259,14 +267,20 @@ impl Upgrader {
                 if let Some(a) = admin {
                     a.stop();
                 }
-                if !self.servers.iter().all(ShutdownHandle::hand_off) {
+                // Every server is asked (no short cut at the first
+                // refusal): a stop that raced in has begun on all of them
+                // then, and they drain alike.
+                let handed: Vec<bool> = self.servers.iter().map(ShutdownHandle::hand_off).collect();
+                if handed.contains(&false) {
                     // A stop began between the check and here: the sockets
                     // may be filtered already; the successor cannot have them.
                     tracing::warn!(
                         "upgrade abandoned: this process is shutting down; stopping pid {pid}"
                     );
-                    stop_successor(pid, self.settings.drain_timeout);
+                    // The answer first: stopping the successor may take
+                    // its whole drain, longer than `sockserv upgrade` waits.
                     reply(requester, REPLY_FAILED, FAILED_STOPPING);
+                    stop_successor(pid, self.settings.drain_timeout);
                     return;
                 }
                 tracing::info!(
@@ -281,16 +295,18 @@ impl Upgrader {
             }
             Err((why, reaped)) => {
                 tracing::error!("upgrade failed: pid {pid} {why}; still serving");
-                if !reaped {
-                    stop_successor(pid, self.settings.drain_timeout);
-                }
-                self.busy.store(false, Ordering::Release);
                 let code = if self.stopping() {
                     FAILED_STOPPING
                 } else {
                     FAILED_SUCCESSOR
                 };
+                // The answer first: stopping the successor may take its
+                // whole drain, longer than `sockserv upgrade` waits.
                 reply(requester, REPLY_FAILED, code);
+                if !reaped {
+                    stop_successor(pid, self.settings.drain_timeout);
+                }
+                self.busy.store(false, Ordering::Release);
             }
         }
     }
