@@ -171,9 +171,9 @@ fn a_socket_that_does_not_listen_at_fd_3_is_refused() {
     );
 }
 
-#[test]
-fn sd_notify_ready_status_watchdog_stopping() {
-    let dir = TempDir::new("activation-notify");
+/// A fake service manager's notify socket in `dir`, and a `serve` of the
+/// echo handler on a free port that notifies it.
+fn notified_echo(dir: &TempDir) -> (UnixDatagram, Command) {
     let path = dir.join("notify.sock");
     let notify = UnixDatagram::bind(&path).unwrap();
     notify
@@ -181,8 +181,15 @@ fn sd_notify_ready_status_watchdog_stopping() {
         .unwrap();
     let mut cmd = Command::new(cli_bin());
     cmd.args(["serve", "--handler", "echo", "tcp://127.0.0.1:0"])
-        .env("NOTIFY_SOCKET", &path)
-        .env("WATCHDOG_USEC", "200000")
+        .env("NOTIFY_SOCKET", &path);
+    (notify, cmd)
+}
+
+#[test]
+fn sd_notify_ready_status_watchdog_stopping() {
+    let dir = TempDir::new("activation-notify");
+    let (notify, mut cmd) = notified_echo(&dir);
+    cmd.env("WATCHDOG_USEC", "200000")
         .env_remove("WATCHDOG_PID");
     let mut child = ChildGuard::spawn(&mut cmd);
     child.wait_listening(1, DEADLINE);
@@ -236,15 +243,8 @@ fn sd_notify_ready_status_watchdog_stopping() {
 #[test]
 fn sd_notify_mainpid_after_an_upgrade() {
     let dir = TempDir::new("activation-mainpid");
-    let path = dir.join("notify.sock");
-    let notify = UnixDatagram::bind(&path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let mut cmd = Command::new(cli_bin());
-    cmd.args(["serve", "--handler", "echo", "tcp://127.0.0.1:0"])
-        .env("NOTIFY_SOCKET", &path)
-        .env_remove("WATCHDOG_USEC");
+    let (notify, mut cmd) = notified_echo(&dir);
+    cmd.env_remove("WATCHDOG_USEC");
     let mut child = ChildGuard::spawn(&mut cmd);
     child.wait_listening(1, DEADLINE);
     let old = child.id();

@@ -95,8 +95,9 @@ fn finish(mut child: Child) -> (Option<i32>, String) {
     (status.code(), err)
 }
 
-#[test]
-fn a_unix_socketpair_as_stdin_is_served_until_the_peer_closes() {
+/// `serve --inetd` upper-casing lines on a socketpair, after its first
+/// answer.
+fn upper_on_a_socketpair() -> (UnixStream, Child) {
     let (mut ours, theirs) = UnixStream::pair().unwrap();
     let child = serve_on(theirs.into(), &["--handler", "upper", "--framing", "line"]);
     ours.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -104,6 +105,12 @@ fn a_unix_socketpair_as_stdin_is_served_until_the_peer_closes() {
     let mut buf = [0u8; 4];
     ours.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ABC\n");
+    (ours, child)
+}
+
+#[test]
+fn a_unix_socketpair_as_stdin_is_served_until_the_peer_closes() {
+    let (mut ours, child) = upper_on_a_socketpair();
     ours.shutdown(Shutdown::Write).unwrap();
     let mut rest = Vec::new();
     ours.read_to_end(&mut rest).unwrap();
@@ -174,17 +181,12 @@ fn inetd_is_not_combined_with_addresses_or_admin() {
 /// reason, and the connection is served on.
 #[test]
 fn an_upgrade_under_inetd_is_refused_and_the_connection_served_on() {
-    let (mut ours, theirs) = UnixStream::pair().unwrap();
-    let child = serve_on(theirs.into(), &["--handler", "upper", "--framing", "line"]);
-    ours.set_read_timeout(Some(DEADLINE)).unwrap();
-    ours.write_all(b"abc\n").unwrap();
-    let mut buf = [0u8; 4];
-    ours.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"ABC\n");
+    let (mut ours, child) = upper_on_a_socketpair();
     let out = common::run_cli(&["upgrade", "--pid", &child.id().to_string()], DEADLINE);
     assert_eq!(out.code(), Some(1), "{out:?}");
     assert!(out.stderr.contains("no listener to hand over"), "{out:?}");
     ours.write_all(b"def\n").unwrap();
+    let mut buf = [0u8; 4];
     ours.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"DEF\n", "served on after the refused upgrade");
     ours.shutdown(Shutdown::Write).unwrap();
