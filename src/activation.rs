@@ -146,6 +146,20 @@ impl InheritedSocket {
         self.name.as_deref()
     }
 
+    /// Makes the server remove a Unix socket's file when it closes, as it
+    /// does for a socket it bound itself — for a socket a predecessor of
+    /// the same server bound and handed over (a zero-downtime upgrade),
+    /// not one a service manager made. The file's identity is recorded
+    /// now, so a file put at the path later is left alone. Nothing for
+    /// other sockets, or if the file is gone.
+    pub fn own_file(&mut self) {
+        if let Listener::Unix(_, guard) | Listener::UnixDgram(_, guard) = &mut self.listener {
+            if let Ok(owned) = PathGuard::after_bind(guard.path()) {
+                *guard = owned;
+            }
+        }
+    }
+
     /// The checked socket (non-blocking, close-on-exec) as a plain
     /// descriptor, for a use outside a server — an inherited admin
     /// endpoint's listener, say.

@@ -155,7 +155,7 @@ pub struct PathGuard {
 
 impl PathGuard {
     /// Records the identity of the socket file just bound at `path`.
-    fn after_bind(path: &Path) -> io::Result<PathGuard> {
+    pub(crate) fn after_bind(path: &Path) -> io::Result<PathGuard> {
         let meta = std::fs::symlink_metadata(path)?;
         Ok(PathGuard {
             path: path.to_path_buf(),

@@ -459,7 +459,7 @@ fn the_successors_programs_see_no_handoff_variables() {
 /// process must not remove what the successor serves on) and the successor
 /// serves on it.
 #[test]
-fn a_unix_socket_is_handed_over_and_its_file_kept() {
+fn a_unix_socket_is_handed_over_and_its_file_kept_then_removed_at_the_end() {
     adopt_orphans();
     let dep = Deployed::new("upg-unix");
     let path = dep.dir.join("s.sock");
@@ -474,6 +474,16 @@ fn a_unix_socket_is_handed_over_and_its_file_kept() {
     BufReader::new(s).read_line(&mut line).unwrap();
     assert_eq!(line, "UNIX\n");
     assert!(svc.served(), "and the TCP listener");
+    // The file is the successor's now: removed at its end.
+    svc.signal(libc::SIGTERM);
+    let status = wait_exit(svc.pid, DEADLINE).expect("the successor exits");
+    assert!(exited_zero(status), "status {status:#x}");
+    assert!(
+        !path.exists(),
+        "the successor removes the socket file at its end"
+    );
+    // Reaped already: nothing left for Drop to stop.
+    std::mem::forget(svc);
 }
 
 /// `GET /readyz` on `addr`: the status code, or what went wrong.

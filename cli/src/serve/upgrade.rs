@@ -715,7 +715,13 @@ pub(crate) fn inherited_for(addrs: &[Endpoint]) -> Result<Option<Vec<InheritedSo
         return Ok(None);
     }
     let inherited = sockserv::activation::take_listeners().map_err(CliError::runtime)?;
-    in_order(inherited, addrs.iter().map(Some)).map(Some)
+    let mut inherited = in_order(inherited, addrs.iter().map(Some))?;
+    // The predecessor bound these addresses itself (it had ADDRs too): a
+    // Unix socket's file is this process's to remove at the end now.
+    for s in &mut inherited {
+        s.own_file();
+    }
+    Ok(Some(inherited))
 }
 
 /// True in a process an upgrade started (its handoff was taken).
