@@ -536,21 +536,36 @@ fn refused(ctx: &Context, shared: &SharedListener, why: RefuseReason, peer: &Add
     });
 }
 
-/// Sends the limit message (best effort) and closes.
+/// Sends the limit message (best effort) before the caller closes.
 pub(crate) fn refuse(stream: &Stream, ctx: &Context) {
-    use std::io::Write;
-    let _ = stream.set_nonblocking(true);
+    refuse_fd(stream.as_raw_fd(), ctx);
+}
+
+/// [`refuse`] on a descriptor, whoever owns the socket (a tokio one too):
+/// non-blocking calls only, so it never waits for the peer.
+pub(crate) fn refuse_fd(fd: std::os::fd::RawFd, ctx: &Context) {
     if let Some(msg) = &ctx.limits.limit_message {
-        let _ = (&*stream).write(msg);
+        // SAFETY: sends from a valid buffer on an open socket; MSG_DONTWAIT
+        // and MSG_NOSIGNAL: no wait, no SIGPIPE.
+        unsafe {
+            libc::send(
+                fd,
+                msg.as_ptr().cast(),
+                msg.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
     }
-    let _ = stream.shutdown(std::net::Shutdown::Write);
+    // SAFETY: shutdown on an open socket.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
     // Closing with unread input resets the connection, which can destroy
     // the message before the client reads it: take what has arrived.
     let mut sink = [0u8; 4096];
     for _ in 0..16 {
-        match std::io::Read::read(&mut &*stream, &mut sink) {
-            Ok(n) if n > 0 => {}
-            _ => break,
+        // SAFETY: receives into a valid buffer; MSG_DONTWAIT: no wait.
+        let n = unsafe { libc::recv(fd, sink.as_mut_ptr().cast(), sink.len(), libc::MSG_DONTWAIT) };
+        if n <= 0 {
+            break;
         }
     }
 }

@@ -45,14 +45,6 @@ impl AsyncStream {
             AsyncStream::Unix(s) => s.readable().await,
         }
     }
-
-    /// Writes what the socket takes now (best effort: the limit message).
-    pub(crate) fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            AsyncStream::Tcp(s) => s.try_write(buf),
-            AsyncStream::Unix(s) => s.try_write(buf),
-        }
-    }
 }
 
 /// One accepted connection for an [`AsyncStreamHandler`](crate::AsyncStreamHandler).

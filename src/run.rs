@@ -130,7 +130,7 @@ pub(crate) async fn serve_async(
     let mut proxy = None;
     if let Some(accept) = ctx.proxy {
         // The header by exact reads, like a blocking stream handler's.
-        let header = match crate::driver::header::read_async(&stream, accept).await {
+        let header = match crate::driver::header::read_async(&stream, accept, &ctx.shared).await {
             Ok(h) => h,
             Err(e) => return crate::accept::header_failed(ctx, &guard, &peer, e),
         };
@@ -140,10 +140,8 @@ pub(crate) async fn serve_async(
                 proxy = Some(client.proxy);
             }
             Err(why) => {
-                if let (true, Some(msg)) =
-                    (crate::accept::sends_message(why), &ctx.limits.limit_message)
-                {
-                    let _ = stream.try_write(msg);
+                if crate::accept::sends_message(why) {
+                    crate::accept::refuse_fd(stream.raw_fd(), ctx);
                 }
                 return;
             }

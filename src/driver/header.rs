@@ -190,24 +190,46 @@ pub(crate) fn read_blocking(
 
 /// Reads the header on a tokio runtime: the same reader, with tokio's
 /// readiness (each receive goes through `try_io`, so tokio learns when the
-/// socket is drained and the next wait is for new bytes).
+/// socket is drained and the next wait is for new bytes). As in
+/// [`read_blocking`], a drain shortens the wait to a moment and a forced
+/// stop ends it.
 pub(crate) async fn read_async(
     stream: &crate::async_conn::AsyncStream,
     accept: Versions,
+    shared: &std::sync::Arc<crate::shutdown::Shared>,
 ) -> Result<ProxyHeader, HeaderError> {
     let fd = stream.raw_fd();
     let mut reader = HeaderReader::new(accept, Instant::now());
+    let mut draining = false;
     loop {
         if let Some(header) = reader.advance(&mut |buf, peek| {
             stream.try_io(tokio::io::Interest::READABLE, || recv(fd, buf, peek))
         })? {
             return Ok(header);
         }
+        if !draining && shared.stop.level() != StopLevel::Running {
+            draining = true;
+            reader.deadline = reader
+                .deadline
+                .min(Instant::now() + crate::pipeline::DRAIN_GRACE);
+        }
+        let at = if draining {
+            StopLevel::Forced
+        } else {
+            StopLevel::Draining
+        };
         let due = tokio::time::Instant::from_std(reader.deadline);
-        match tokio::time::timeout_at(due, stream.readable()).await {
-            Err(_) => return Err(HeaderError::TimedOut),
-            Ok(Err(e)) => return Err(HeaderError::Io(e)),
-            Ok(Ok(())) => {}
+        tokio::select! {
+            ready = tokio::time::timeout_at(due, stream.readable()) => match ready {
+                Err(_) => return Err(HeaderError::TimedOut),
+                Ok(Err(e)) => return Err(HeaderError::Io(e)),
+                Ok(Ok(())) => {}
+            },
+            _ = crate::shutdown::StopWait::new(std::sync::Arc::clone(shared), at) => {
+                if at == StopLevel::Forced {
+                    return Err(HeaderError::Closed);
+                }
+            }
         }
     }
 }
