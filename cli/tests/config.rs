@@ -379,7 +379,21 @@ fn error_global_key_in_a_listener_and_listener_key_at_the_top() {
 fn error_exec_on_a_datagram_address() {
     assert_eq!(
         check_error("[[listener]]\nname = \"u\"\naddress = \"udp://127.0.0.1:0\"\nexec = [\"cat\"]\n"),
-        "sockserv: FILE:1: listener \"u\": --exec serves stream addresses only (tcp://, unix://), not udp://127.0.0.1:0"
+        "sockserv: FILE:4: listener \"u\": exec serves stream addresses only (tcp://, unix://), not udp://127.0.0.1:0"
+    );
+}
+
+/// A check shared with the command line names the key and its line, in
+/// the table or at the top of the file, not the flag.
+#[test]
+fn error_a_max_frame_below_the_framing_names_its_key_and_line() {
+    assert_eq!(
+        check_error("[[listener]]\naddress = \"tcp://127.0.0.1:0\"\nframing = \"fixed:100\"\nmax_frame = 10\n"),
+        "sockserv: FILE:4: listener 1: max_frame 10: fixed frame size of 100 bytes exceeds the maximum frame size of 10 bytes (raise max_frame, or leave it out)"
+    );
+    assert_eq!(
+        check_error("max_frame = 10\n\n[[listener]]\naddress = \"tcp://127.0.0.1:0\"\nframing = \"fixed:100\"\n"),
+        "sockserv: FILE:1: listener 1: max_frame 10: fixed frame size of 100 bytes exceeds the maximum frame size of 10 bytes (raise max_frame, or leave it out)"
     );
 }
 

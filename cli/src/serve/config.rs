@@ -22,6 +22,8 @@ use crate::error::{describe, CliError};
 /// listener's (the global ones applied).
 pub(crate) struct Config {
     pub(crate) path: PathBuf,
+    /// The file's text: an error found later names the line of its key.
+    text: String,
     pub(crate) global: Settings,
     pub(crate) listeners: Vec<Listener>,
 }
@@ -66,12 +68,34 @@ impl Config {
         }
     }
 
-    /// A usage error about listener `l`, at its header's line.
+    /// A usage error about listener `l`. The checks a config file shares
+    /// with the command line speak of flags (`--max-frame 10: ...`): here
+    /// they name the key instead, at the line that sets it (in the table,
+    /// else at the top of the file), or at the table's header.
     pub(crate) fn error_at(&self, l: &Listener, message: impl std::fmt::Display) -> CliError {
+        let mut message = message.to_string();
+        let mut line = l.line;
+        let flag = message.strip_prefix("--").map(|m| {
+            m.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        });
+        if let Some(flag) = flag.filter(|f| !f.is_empty()) {
+            let key = flag.replace('-', "_");
+            let src = Source::new(&self.path, &self.text);
+            let table = l.number.checked_sub(1);
+            if let Some(at) = src
+                .key_line(table, &key)
+                .or_else(|| src.key_line(None, &key))
+            {
+                line = at;
+            }
+            message = message.replace(&format!("--{flag}"), &key);
+        }
         CliError::usage(format!(
-            "{}:{}: {}: {message}",
+            "{}:{line}: {}: {message}",
             self.path.display(),
-            l.line,
             self.label(l)
         ))
     }
@@ -342,6 +366,7 @@ fn parse(path: &Path, text: &str) -> Result<Config, CliError> {
     }
     Ok(Config {
         path: path.to_path_buf(),
+        text: text.to_string(),
         global,
         listeners,
     })
