@@ -41,13 +41,7 @@ fn serve_with_admin() -> (ChildGuard, String, String) {
         ],
         1,
     );
-    let out = server.read_stdout_until(DEADLINE, |s| s.contains("admin http://"));
-    let admin = out
-        .lines()
-        .find_map(|l| l.strip_prefix("admin "))
-        .unwrap_or_else(|| panic!("no admin line in {out:?}"))
-        .trim()
-        .to_string();
+    let admin = server.admin_url();
     let endpoint = server.listening[0].clone();
     (server, endpoint, admin)
 }

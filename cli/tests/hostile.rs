@@ -1065,9 +1065,7 @@ fn backlog_run() -> (Tally, Duration) {
     std::thread::sleep(Duration::from_secs(1));
     let sampler = Sampler::start(server.pid(), Duration::from_millis(5));
     termed.store(true, Ordering::SeqCst);
-    let (status, took) = server
-        .signal_and_wait(libc::SIGTERM, DEADLINE)
-        .expect("the server did not exit within 10 s of SIGTERM");
+    let (status, took) = server.signal_and_wait(libc::SIGTERM, DEADLINE);
     let max_fds = sampler.finish().max_fds;
     assert!(status.success(), "exit status {status}");
     // Anyone not refused yet will be at its next connect; bound it anyway.

@@ -36,18 +36,12 @@ fn serve_with(version: &str, extra: &[&str]) -> (ChildGuard, u16, String) {
     args.extend_from_slice(extra);
     args.push("tcp://127.0.0.1:0");
     let server = ChildGuard::serve(&args, 1);
-    let out = server.read_stdout_until(DEADLINE, |s| s.contains("admin http://"));
     let port = server.listening[0]
         .rsplit(':')
         .next()
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no port in {:?}", server.listening));
-    let admin = out
-        .lines()
-        .find_map(|l| l.strip_prefix("admin "))
-        .unwrap_or_else(|| panic!("no admin line in {out:?}"))
-        .trim()
-        .to_string();
+    let admin = server.admin_url();
     (server, port, admin)
 }
 

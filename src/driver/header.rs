@@ -251,6 +251,17 @@ mod tests {
     }
 
     impl FakeSocket {
+        /// A socket with `arrived` of `stream`'s bytes received so far.
+        fn new(stream: &[u8], arrived: usize) -> FakeSocket {
+            FakeSocket {
+                stream: stream.to_vec(),
+                arrived,
+                taken: 0,
+                peeks_without_news: 0,
+                last_peek: None,
+            }
+        }
+
         fn recv(&mut self, buf: &mut [u8], peek: bool) -> io::Result<usize> {
             assert!(!buf.is_empty(), "a zero-length read");
             let there = &self.stream[self.taken..self.arrived];
@@ -303,13 +314,7 @@ mod tests {
         ) {
             let header = &header_cases()[case];
             let stream = [&header[..], &app].concat();
-            let mut sock = FakeSocket {
-                stream: stream.clone(),
-                arrived: 0,
-                taken: 0,
-                peeks_without_news: 0,
-                last_peek: None,
-            };
+            let mut sock = FakeSocket::new(&stream, 0);
             let mut reader = HeaderReader::new(Versions::Both, Instant::now());
             let mut sizes = chunks.iter().cycle();
             let got = loop {
@@ -331,23 +336,11 @@ mod tests {
 
     #[test]
     fn garbage_and_an_early_end_are_errors() {
-        let mut sock = FakeSocket {
-            stream: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
-            arrived: 18,
-            taken: 0,
-            peeks_without_news: 0,
-            last_peek: None,
-        };
+        let mut sock = FakeSocket::new(b"GET / HTTP/1.1\r\n\r\n", 18);
         let mut reader = HeaderReader::new(Versions::Both, Instant::now());
         let e = reader.advance(&mut |b, p| sock.recv(b, p)).unwrap_err();
         assert!(matches!(e, HeaderError::Proxy(ProxyError::NotProxy)), "{e}");
-        let mut sock = FakeSocket {
-            stream: b"PROXY TCP4 1.2.3.4".to_vec(),
-            arrived: 18,
-            taken: 0,
-            peeks_without_news: 0,
-            last_peek: None,
-        };
+        let mut sock = FakeSocket::new(b"PROXY TCP4 1.2.3.4", 18);
         let mut reader = HeaderReader::new(Versions::Both, Instant::now());
         let e = reader.advance(&mut |b, p| sock.recv(b, p)).unwrap_err();
         assert!(matches!(e, HeaderError::Closed), "{e}");

@@ -403,6 +403,21 @@ impl ChildGuard {
         self.child.as_ref().expect("child").id()
     }
 
+    /// True while the process has not exited.
+    #[allow(dead_code)]
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Kills and reaps the child now, without the drain a drop allows.
+    #[allow(dead_code)]
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Sends `sig` and waits (bounded) for the exit; returns the status and
     /// the complete stderr. Panics (after SIGKILL) if it does not exit.
     pub fn terminate_with(&mut self, sig: libc::c_int, limit: Duration) -> (ExitStatus, String) {

@@ -8,13 +8,13 @@
 
 #![allow(dead_code)]
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,7 @@ pub fn raise_nofile(want: u64) {
 
 /// Polls a condition with a deadline (shared with the other test files).
 pub use crate::common::wait_until;
+use crate::common::ChildGuard;
 
 // ---------------------------------------------------------------------------
 // The CLI server as a child process
@@ -76,13 +77,12 @@ pub fn sockserv_bin() -> String {
     }
 }
 
-/// `sockserv serve ARGS tcp://127.0.0.1:0` running as a child process;
-/// killed and reaped on drop.
+/// `sockserv serve ARGS tcp://127.0.0.1:0` running as a child process
+/// (a `ChildGuard` with the address it listens on); killed and reaped on
+/// drop.
 pub struct CliServer {
-    child: Option<Child>,
+    guard: ChildGuard,
     pub addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-    stderr_thread: Option<JoinHandle<()>>,
 }
 
 impl CliServer {
@@ -91,12 +91,7 @@ impl CliServer {
     /// `listening` line.
     pub fn start(args: &[&str], nofile: Option<u64>) -> CliServer {
         let mut cmd = Command::new(sockserv_bin());
-        cmd.arg("serve")
-            .args(args)
-            .arg("tcp://127.0.0.1:0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.arg("serve").args(args).arg("tcp://127.0.0.1:0");
         if let Some(n) = nofile {
             // SAFETY: only async-signal-safe calls (setrlimit) run between
             // fork and exec.
@@ -113,111 +108,40 @@ impl CliServer {
                 });
             }
         }
-        let mut child = cmd.spawn().expect("spawn sockserv serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&stderr);
-        let mut pipe = child.stderr.take().expect("stderr");
-        let stderr_thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                match pipe.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
-                        // Keep the first 64 KB: enough to diagnose, bounded.
-                        if s.len() < 65536 {
-                            s.push_str(&String::from_utf8_lossy(&buf[..n]));
-                        }
-                    }
-                }
-            }
-        });
-        let mut server = CliServer {
-            child: Some(child),
-            addr: "127.0.0.1:1".parse().unwrap(),
-            stderr,
-            stderr_thread: Some(stderr_thread),
-        };
-        let end = Instant::now() + DEADLINE;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(ep) = line.strip_prefix("listening tcp://") {
-                        server.addr = ep.trim().parse().expect("a socket address");
-                        return server;
-                    }
-                }
-                Err(_) => panic!(
-                    "sockserv serve {args:?} printed no `listening` line within {DEADLINE:?}; stderr: {}",
-                    server.stderr()
-                ),
-            }
-        }
+        let mut guard = ChildGuard::spawn(&mut cmd);
+        guard.wait_listening(1, DEADLINE);
+        let addr = guard.listening[0]
+            .strip_prefix("tcp://")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("not a TCP address: {:?}", guard.listening));
+        CliServer { guard, addr }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("child").id()
+        self.guard.id()
     }
 
     /// True while the process has not exited.
     pub fn alive(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+        self.guard.alive()
     }
 
     pub fn stderr(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.guard.stderr()
     }
 
-    /// Sends `sig`; returns the exit status and how long the exit took, or
-    /// `None` (after a SIGKILL) if it did not exit within `limit`.
-    pub fn signal_and_wait(
-        &mut self,
-        sig: libc::c_int,
-        limit: Duration,
-    ) -> Option<(ExitStatus, Duration)> {
-        let mut child = self.child.take().expect("child still running");
+    /// Sends `sig`; returns the exit status and how long the exit took.
+    /// Panics (after a SIGKILL) if it did not exit within `limit`.
+    pub fn signal_and_wait(&mut self, sig: libc::c_int, limit: Duration) -> (ExitStatus, Duration) {
         let started = Instant::now();
-        // SAFETY: kill(2) on our own, not yet reaped child.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, sig);
-        }
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                if let Some(t) = self.stderr_thread.take() {
-                    let _ = t.join();
-                }
-                return Some((status, started.elapsed()));
-            }
-            if started.elapsed() >= limit {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let (status, _) = self.guard.terminate_with(sig, limit);
+        (status, started.elapsed())
     }
 }
 
 impl Drop for CliServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.guard.kill();
     }
 }
 
