@@ -338,9 +338,11 @@ pub(crate) fn verdict(ctx: &Context, peer: &Address, at_limit: bool) -> Result<E
     } else {
         let tracker = &ctx.shared.tracker;
         let mut room = |ip: IpAddr, max: Option<usize>| {
-            let open = tracker.connections_from(ip);
-            match max {
-                Some(max) if open >= max => Err(open),
+            // No limit: no look at the tracker (a lock shared by every
+            // loop) on this accept.
+            let Some(max) = max else { return Ok(()) };
+            match tracker.connections_from(ip) {
+                open if open >= max => Err(open),
                 _ => Ok(()),
             }
         };

@@ -122,6 +122,9 @@ pub(crate) struct Conn {
     /// Bytes to write; `out[sent..]` is still pending.
     out: Vec<u8>,
     sent: usize,
+    /// The buffer a worker writes replies into, kept between jobs so a
+    /// job allocates nothing.
+    spare: Vec<u8>,
     peer_closed: bool,
     we_closed: bool,
     /// The server is stopping: lingers are short.
@@ -178,6 +181,7 @@ impl Conn {
             phase: Phase::Open,
             out: Vec::new(),
             sent: 0,
+            spare: Vec::new(),
             peer_closed: false,
             we_closed: false,
             stopping: false,
@@ -511,7 +515,7 @@ impl Conn {
         Some(Offload {
             session,
             input,
-            out: Vec::new(),
+            out: std::mem::take(&mut self.spare),
             limit: self
                 .settings
                 .max_backlog
@@ -530,13 +534,22 @@ impl Conn {
             flow,
             ..
         } = work;
-        if self.layers.is_empty() {
+        let mut out = out;
+        if self.layers.is_empty() && self.sent == self.out.len() {
+            // Nothing pending: the worker's buffer becomes the output as
+            // it is, no copy.
+            std::mem::swap(&mut self.out, &mut out);
+            self.sent = 0;
+            self.out_grew(now);
+        } else if self.layers.is_empty() {
             self.out.extend_from_slice(&out);
             self.out_grew(now);
         } else {
             let peer = session.peer().clone();
             self.send_down(&out, ctx, &peer, now);
         }
+        out.clear();
+        self.spare = out;
         if self.phase == Phase::Done {
             self.session = Some(session);
             return;
