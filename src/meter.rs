@@ -6,9 +6,11 @@
 //! only by the thread that serves it (plain relaxed stores of the numbers
 //! its pipeline already keeps, once per turn), and folded into its
 //! listener's totals when it closes. A scrape sums the listeners' totals
-//! and the open connections' meters. Per-listener atomics are touched once
-//! per connection (accepted, refused, closed), and the handler-duration
-//! histogram only when timing is on (the admin endpoint asks for it).
+//! and the open connections' meters. Per-listener state is touched once
+//! per connection (accepted, refused, closed: atomics, and at the close
+//! two short locks, the listener's ended counts and the closed-connection
+//! list), never per message; the handler-duration histogram only when
+//! timing is on (the admin endpoint asks for it).
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -225,7 +227,7 @@ const STATES: [ConnState; 5] = [
 ];
 
 const END_UNSET: u8 = u8::MAX;
-const ENDS: [End; 14] = [
+const ENDS: [End; 13] = [
     End::ClientClosed,
     End::ServerClosed,
     End::Reset,
@@ -239,7 +241,6 @@ const ENDS: [End; 14] = [
     End::Refused(RefuseReason::Rate),
     End::DrainCut,
     End::Error,
-    End::ServerClosed,
 ];
 
 fn end_code(end: End) -> u8 {

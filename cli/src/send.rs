@@ -242,7 +242,12 @@ impl<'a> Stream<'a> {
         if self.progress.done.load(Ordering::Acquire) {
             let _ = thread.join();
         }
-        let failure = self.progress.failure.lock().unwrap().take();
+        let failure = self
+            .progress
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         match (read, failure) {
             // The input cannot be sent this way: that is the error, even if
             // the server then closed on the frames before it.
@@ -394,7 +399,11 @@ impl WriteJob {
             self.frames(writer, input)
         };
         if let Err(failure) = result {
-            *self.progress.failure.lock().unwrap() = Some(failure);
+            *self
+                .progress
+                .failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(failure);
         }
         self.progress.done.store(true, Ordering::Release);
     }
